@@ -1,0 +1,1 @@
+"""The `savi` command line: Typer commands over the `stages` engine."""
