@@ -1,0 +1,1 @@
+"""One module per command. Each resolves its options, calls into `stages`, and prints the result."""

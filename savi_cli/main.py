@@ -1,0 +1,25 @@
+"""The `savi` application: every command, registered in pipeline order.
+
+Command modules import only Typer at the top; the engine (and torch) is imported inside each command, so
+`savi --help` answers instantly.
+"""
+
+import typer
+
+from savi_cli.commands import query, sample, status, tiny_model
+
+app = typer.Typer(
+    name="savi",
+    help="Align a video-language model on unlabeled videos: it asks, answers and critiques itself, CLIP keeps "
+    "the grounded pairs, and 4-bit DPO trains on them.\n\n"
+    "Start with `savi sample VIDEOS --run NAME`, then look at the result with `savi status` and `savi query`.",
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("sample")(sample.sample)
+app.command("query")(query.query)
+app.command("status")(status.status)
+app.command("tiny-model")(tiny_model.tiny_model)

@@ -1,0 +1,48 @@
+"""Printing rows as an aligned table, CSV, JSON or JSON lines."""
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+MAX_CELL = 60
+
+
+def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table") -> None:
+    out = sys.stdout
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[_plain(v) for v in row] for row in rows])
+    elif fmt == "json":
+        out.write(json.dumps([dict(zip(columns, row)) for row in rows], indent=2, default=str) + "\n")
+    elif fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps(dict(zip(columns, row)), default=str) + "\n")
+    else:
+        out.write(format_table(columns, rows))
+
+
+def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[_short(_plain(v)) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict, tuple)):
+        return json.dumps(value, default=str)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _short(text: str) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"

@@ -1,0 +1,106 @@
+"""The record schema: one dataclass per table, and the table specs the store reads and writes.
+
+Each table has a name, a schema version, a key column (stable ids, so resume and joins work) and a sort order
+(so a resumed run writes the same file as an uninterrupted one). The Arrow schema is derived from the dataclass
+annotations, so the dataclass is the single source of truth. Bump a table's version on any breaking change; the
+store refuses files stamped with a version newer than the one here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_METADATA_KEY = b"savi.schema"
+
+
+@dataclass(slots=True)
+class Sample:
+    """One input video of a run, sampled or failed. Key: `video_id` (from the file's content)."""
+
+    video_id: str
+    path: str
+    status: str  # "ok" or "error"
+    error: str | None
+    size_bytes: int
+    mtime_ns: int
+    container: str | None = None
+    codec: str | None = None
+    duration_s: float | None = None
+    fps: float | None = None
+    num_frames: int | None = None
+    width: int | None = None  # upright (after rotation), before resizing
+    height: int | None = None
+    rotation: int = 0  # degrees counter-clockwise applied to make the stored picture upright
+    variable_frame_rate: bool = False
+    sampling: str = "uniform"  # "uniform" (segment midpoints) or "fps"
+    frames_requested: int = 0
+    frame_indices: list[int] = dataclasses.field(default_factory=list)
+    timestamps_s: list[float] = dataclasses.field(default_factory=list)
+    frame_width: int | None = None  # size of the JPEGs written under frames_dir
+    frame_height: int | None = None
+    shortfall: str | None = None  # what was done when the video had fewer frames than requested
+    frames_dir: str | None = None  # relative to the run folder
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    version: int
+    record: type
+    key: str
+    order: tuple[str, ...]
+
+    @property
+    def stamp(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def schema(self) -> pa.Schema:
+        return _arrow_schema(self.record)
+
+
+SAMPLES = TableSpec("samples", 1, Sample, key="video_id", order=("path", "video_id"))
+
+TABLES = {spec.name: spec for spec in (SAMPLES,)}
+
+
+def to_arrow(spec: TableSpec, records: list[Any]) -> pa.Table:
+    columns = {f.name: [getattr(r, f.name) for r in records] for f in dataclasses.fields(spec.record)}
+    table = pa.Table.from_pydict(columns, schema=spec.schema)
+    return table.replace_schema_metadata({SCHEMA_METADATA_KEY: spec.stamp.encode()})
+
+
+def from_arrow(spec: TableSpec, table: pa.Table) -> list[Any]:
+    names = [f.name for f in dataclasses.fields(spec.record)]
+    return [spec.record(**row) for row in table.select(names).to_pylist()]
+
+
+_ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+def _arrow_type(annotation: Any) -> tuple[pa.DataType, bool]:
+    """Map a field annotation to (arrow type, nullable)."""
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (inner,) = [a for a in args if a is not type(None)]
+        return _arrow_type(inner)[0], True
+    if typing.get_origin(annotation) is list:
+        return pa.list_(_arrow_type(args[0])[0]), False
+    if typing.get_origin(annotation) is dict:
+        return pa.map_(_arrow_type(args[0])[0], _arrow_type(args[1])[0]), False
+    return _ARROW_TYPES[annotation], False
+
+
+def _arrow_schema(record: type) -> pa.Schema:
+    hints = typing.get_type_hints(record)
+    fields = []
+    for f in dataclasses.fields(record):
+        arrow_type, nullable = _arrow_type(hints[f.name])
+        fields.append(pa.field(f.name, arrow_type, nullable=nullable))
+    return pa.schema(fields)

@@ -1,0 +1,448 @@
+"""The artifact store: where a run's tables live, and how they are written so that nothing is ever lost.
+
+Layout of a workspace (default `./runs`, or `$SAVI_HOME`, or `--workspace`):
+
+    <run>/savi.toml                      resolved configuration of the run
+    <run>/frames/<video_id>/<k>.jpg      sampled frames, written once
+    <run>/samples.parquet                one row per video (+ samples.manifest.json)
+    <run>/round=<r>/<table>.parquet      per-round tables (+ <table>.manifest.json)
+
+How a table is written (`ArtifactWriter`):
+1. A `.<table>.parts/` folder is created beside the table with `started.json` (the parameters).
+2. Finished rows are flushed in small batches as `part-*.parquet.part` files. Each is written to a temporary name
+   and renamed, so a part is either whole or absent.
+3. `finish()` merges the previous table (if any) and the parts, drops duplicate keys, sorts, and writes the
+   table atomically. Only then is the manifest written. The parts folder is removed last.
+
+A kill at any moment therefore leaves either a finished table (its manifest exists), or a parts folder from
+which the same command resumes, skipping every key already flushed. The manifest is the proof of completion:
+readers and DuckDB views only see tables that have one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stages import __version__
+from stages.core.errors import SaviError
+from stages.core.records import SCHEMA_METADATA_KEY, TABLES, TableSpec, from_arrow, to_arrow
+
+DEFAULT_WORKSPACE = "runs"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Atomic files
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; on success it replaces `path` in one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet(path: Path, table: pa.Table) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def fingerprint(obj: Any) -> str:
+    """A short, stable hash of a JSON-able value (parameters, input lists)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def code_version() -> str:
+    """The savi version plus, in a git checkout, the commit (with `+dirty` for uncommitted changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=10", "HEAD"],
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    if not sha:
+        return __version__
+    return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Workspace, runs and artifacts
+
+
+def workspace_root(workspace: str | Path | None = None) -> Path:
+    return Path(workspace or os.environ.get("SAVI_HOME") or DEFAULT_WORKSPACE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def frames_dir(self) -> Path:
+        return self.path / "frames"
+
+    def round_dir(self, round: int) -> Path:
+        return self.path / f"round={round}"
+
+    def artifact(self, table: str, round: int | None = None) -> Artifact:
+        folder = self.path if round is None else self.round_dir(round)
+        return Artifact(folder / f"{table}.parquet", TABLES[table])
+
+    def rounds(self) -> list[int]:
+        found = []
+        for d in self.path.glob("round=*"):
+            with contextlib.suppress(ValueError):
+                found.append(int(d.name.split("=", 1)[1]))
+        return sorted(found)
+
+    def is_locked(self) -> bool:
+        """Whether a savi command is writing to this run right now."""
+        lock_file = self.path / ".lock"
+        if not lock_file.is_file():
+            return False
+        fd = os.open(lock_file, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run for one writing command. A second one gets a clear error instead of interleaving writes.
+
+        flock is released by the kernel when the process dies, so a killed command never leaves a stale lock.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_file = self.path / ".lock"
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = lock_file.read_text().strip() or "unknown"
+                raise SaviError(f"run '{self.name}' is in use by another savi process ({holder}); "
+                                "wait for it to finish or stop it") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+            yield
+        finally:
+            os.close(fd)
+
+
+def open_run(name: str, workspace: str | Path | None = None) -> Run:
+    if not name or "/" in name or name.startswith("."):
+        raise SaviError(f"invalid run name {name!r}: use letters, digits, '-' or '_'")
+    return Run(workspace_root(workspace) / name)
+
+
+def existing_run(name: str, workspace: str | Path | None = None) -> Run:
+    run = open_run(name, workspace)
+    if not run.path.is_dir():
+        known = ", ".join(r.name for r in list_runs(workspace)) or "none"
+        raise SaviError(f"no run named '{name}' in {workspace_root(workspace)} (runs: {known}); "
+                        f"create it with `savi sample VIDEOS --run {name}`")
+    return run
+
+
+def list_runs(workspace: str | Path | None = None) -> list[Run]:
+    root = workspace_root(workspace)
+    if not root.is_dir():
+        return []
+    return [Run(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """One table of a run: `<name>.parquet`, its manifest, and (while being written) its parts folder."""
+
+    path: Path
+    spec: TableSpec
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path.with_name(f"{self.spec.name}.manifest.json")
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.path.with_name(f".{self.spec.name}.parts")
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest_path.is_file() and self.path.is_file()
+
+    @property
+    def in_progress(self) -> bool:
+        return self.parts_dir.is_dir()
+
+    def manifest(self) -> dict[str, Any] | None:
+        if not self.manifest_path.is_file():
+            return None
+        manifest = json.loads(self.manifest_path.read_text())
+        check_stamp(manifest.get("schema", ""), self.spec, self.manifest_path)
+        return manifest
+
+    def read_table(self) -> pa.Table:
+        if not self.complete:
+            raise SaviError(f"{self.path} is not finished (no manifest); run the stage that writes it first")
+        return read_table(self.path, self.spec)
+
+    def read(self) -> list[Any]:
+        return from_arrow(self.spec, self.read_table())
+
+
+def check_stamp(stamp: str, spec: TableSpec, where: Path) -> None:
+    name, _, version = stamp.partition("/")
+    if name != spec.name or not version.isdigit():
+        raise SaviError(f"{where} is not a savi '{spec.name}' table (schema stamp {stamp!r})")
+    if int(version) > spec.version:
+        raise SaviError(f"{where} has schema {stamp}, newer than this savi understands ({spec.stamp}); "
+                        "upgrade savi, or rewrite the table with --force")
+
+
+def read_table(path: Path, spec: TableSpec) -> pa.Table:
+    metadata = pq.read_schema(path).metadata or {}
+    check_stamp(metadata.get(SCHEMA_METADATA_KEY, b"").decode(), spec, path)
+    return pq.read_table(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resumable writing
+
+
+def written_tables(artifact: Artifact) -> list[pa.Table]:
+    """Everything already written for `artifact`: the table (finished or not) and any flushed parts."""
+    tables = [read_table(artifact.path, artifact.spec)] if artifact.path.is_file() else []
+    return tables + [read_table(p, artifact.spec) for p in sorted(artifact.parts_dir.glob("part-*.parquet.part"))]
+
+
+def written_records(artifact: Artifact) -> list[Any]:
+    return [r for t in written_tables(artifact) for r in from_arrow(artifact.spec, t)]
+
+
+@dataclasses.dataclass
+class ArtifactWriter:
+    """Write one table item by item, resumably. See the module docstring for the protocol.
+
+    Usage:
+        writer = ArtifactWriter(artifact, params=..., inputs=..., force=force)
+        if writer.up_to_date: return
+        for item in todo:                       # skip keys in writer.done_keys
+            writer.add(record)
+        writer.finish(counts=...)
+
+    `params` decide whether existing work may be reused: different params refuse without `force`.
+    `inputs` (content hashes of what was read) are recorded; if they changed since the table was finished, the
+    writer refuses without `force`, unless `incremental`, where new items are added to the existing table.
+    Nothing touches the disk until the first row is flushed, so a command that finds nothing to do leaves no trace.
+    """
+
+    artifact: Artifact
+    params: dict[str, Any]
+    inputs: dict[str, Any]
+    force: bool = False
+    incremental: bool = False
+    flush_rows: int = 64
+    flush_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.done_keys: set[Any] = set()
+        self.up_to_date = False
+        self.resumed = False
+        self._buffer: list[Any] = []
+        self._last_flush = self._started = time.monotonic()
+        self._added = 0
+        self._open()
+
+    @property
+    def spec(self) -> TableSpec:
+        return self.artifact.spec
+
+    def _open(self) -> None:
+        art, params_hash = self.artifact, fingerprint(self.params)
+        if self.force:
+            shutil.rmtree(art.parts_dir, ignore_errors=True)
+            art.manifest_path.unlink(missing_ok=True)
+            art.path.unlink(missing_ok=True)
+        manifest = art.manifest() if art.complete else None
+        started = self._read_started()
+        if manifest is not None and started is None:
+            if manifest["params_hash"] != params_hash:
+                raise SaviError(f"{art.path} was made with different parameters "
+                                f"({_describe_change(manifest['params'], self.params)}); "
+                                "rerun with the original options, or pass --force to redo it")
+            if manifest["inputs"] == self.inputs:
+                self.up_to_date = True
+                return
+            if not self.incremental:
+                raise SaviError(f"the inputs of {art.path} changed since it was made; "
+                                "pass --force to redo it from the new inputs")
+        if started is not None and started["params_hash"] != params_hash:
+            raise SaviError(f"an interrupted run of {art.path} used different parameters "
+                            f"({_describe_change(started['params'], self.params)}); "
+                            "rerun with the original options to resume it, or pass --force to start over")
+        self.resumed = started is not None
+        self._first_started_at = started["started_at"] if started else _now()
+        self.done_keys = {k for t in written_tables(art) for k in t.column(self.spec.key).to_pylist()}
+
+    def _read_started(self) -> dict[str, Any] | None:
+        path = self.artifact.parts_dir / "started.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def add(self, record: Any) -> None:
+        key = getattr(record, self.spec.key)
+        if key in self.done_keys:
+            return
+        self.done_keys.add(key)
+        self._buffer.append(record)
+        self._added += 1
+        if len(self._buffer) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        parts = self.artifact.parts_dir
+        if not (parts / "started.json").is_file():
+            parts.mkdir(parents=True, exist_ok=True)
+            write_json(parts / "started.json", {"params": self.params, "params_hash": fingerprint(self.params),
+                                                "started_at": self._first_started_at})
+        index = len(list(parts.glob("part-*.parquet.part")))
+        while (parts / f"part-{index:06d}.parquet.part").exists():
+            index += 1
+        write_parquet(parts / f"part-{index:06d}.parquet.part", to_arrow(self.spec, self._buffer))
+        self._buffer = []
+        self._last_flush = time.monotonic()
+
+    def finish(self, counts: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Merge, write the table, then the manifest (last), then remove the parts. Returns the manifest."""
+        self.flush()
+        art = self.artifact
+        merged = pa.concat_tables(written_tables(art) or [to_arrow(self.spec, [])])
+        merged = _drop_duplicate_keys(merged, self.spec.key)
+        merged = merged.sort_by([(c, "ascending") for c in self.spec.order])
+        merged = merged.replace_schema_metadata({SCHEMA_METADATA_KEY: self.spec.stamp.encode()})
+        write_parquet(art.path, merged)
+        manifest = {
+            "artifact": self.spec.name,
+            "schema": self.spec.stamp,
+            "code_version": code_version(),
+            "params": self.params,
+            "params_hash": fingerprint(self.params),
+            "inputs": self.inputs,
+            "rows": merged.num_rows,
+            "rows_added": self._added,
+            "counts": counts or {},
+            "notes": notes or {},
+            "started_at": self._first_started_at,
+            "finished_at": _now(),
+            "seconds_last_session": round(time.monotonic() - self._started, 3),
+            "resumed": self.resumed,
+            "host": socket.gethostname(),
+        }
+        write_json(art.manifest_path, manifest)
+        shutil.rmtree(art.parts_dir, ignore_errors=True)
+        for leftover in art.path.parent.glob(f".{self.spec.name}.*.tmp-*"):  # from writes cut short by a kill
+            leftover.unlink(missing_ok=True)
+        return manifest
+
+    def close(self) -> None:
+        """Flush what is done without finishing (on an error or Ctrl-C), so a rerun resumes from here."""
+        self.flush()
+
+
+def _drop_duplicate_keys(table: pa.Table, key: str) -> pa.Table:
+    seen: set[Any] = set()
+    keep = []
+    for i, value in enumerate(table.column(key).to_pylist()):
+        keep.append(value not in seen)
+        seen.add(value)
+    return table.filter(pa.array(keep)) if not all(keep) else table
+
+
+def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(changed) or "parameters differ"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Status
+
+
+def describe_runs(workspace: str | Path | None = None, run: str | None = None) -> list[dict[str, Any]]:
+    """What each run holds: per table its state (done, running, interrupted), rows and counts; top errors."""
+    runs = [existing_run(run, workspace)] if run else list_runs(workspace)
+    described = []
+    for r in runs:
+        busy = r.is_locked()
+        tables = []
+        for round in [None] + r.rounds():
+            for name in TABLES:
+                art = r.artifact(name, round)
+                if art.complete and not art.in_progress:
+                    manifest = art.manifest() or {}
+                    counts = ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items())
+                    tables.append({"round": round, "table": name, "state": "done", "rows": manifest.get("rows"),
+                                   "detail": counts})
+                elif art.in_progress or art.path.is_file():
+                    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in art.parts_dir.glob("part-*.parquet.part"))
+                    if art.path.is_file():
+                        rows += pq.ParquetFile(art.path).metadata.num_rows
+                    state, detail = ("running", "") if busy else ("interrupted", "rerun the same command to resume")
+                    tables.append({"round": round, "table": name, "state": state, "rows": rows, "detail": detail})
+        top_errors: list[tuple[str, int]] = []
+        samples = r.artifact("samples")
+        if samples.complete:
+            errors = [e for e in samples.read_table().column("error").to_pylist() if e]
+            top_errors = sorted(((e, errors.count(e)) for e in set(errors)), key=lambda x: (-x[1], x[0]))[:5]
+        described.append({"run": r.name, "path": str(r.path), "busy": busy, "tables": tables,
+                          "top_errors": top_errors})
+    return described

@@ -1,0 +1,205 @@
+"""Video and frame I/O: decode a few frames of a video, upright and resized, and store them as JPEGs.
+
+Decoding uses decord (fast seeking by frame index). PyAV opens the file first: it gives a clear reason when a
+file is not a video, and it reads the display rotation of phone clips. decord applies that rotation itself for
+some containers (mp4, mov) and not for others (mkv), so `read_video` checks what decord did and finishes the
+job, and the frames always come out upright.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
+                    ".ts", ".mts", ".m2ts", ".ogv")
+JPEG_QUALITY = 90
+
+
+class VideoError(Exception):
+    """A video that cannot be sampled. Its message becomes the `error` of the sample row."""
+
+
+@dataclass
+class DecodedVideo:
+    frames: list[np.ndarray]  # upright RGB uint8 frames, each (H, W, 3)
+    indices: list[int]
+    timestamps_s: list[float]
+    container: str
+    codec: str
+    duration_s: float
+    fps: float
+    num_frames: int
+    width: int  # upright size before resizing
+    height: int
+    rotation: int
+    variable_frame_rate: bool
+    shortfall: str | None
+
+
+def read_video(path: str | Path, *, frames: int = 32, fps: float | None = None, max_side: int = 448,
+               threads: int = 1) -> DecodedVideo:
+    """Decode `frames` frames at uniform segment midpoints (or at `fps`, capped at `frames`), upright and resized
+    so the longer side is at most `max_side`. Raises VideoError with a one-line reason for anything unreadable."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise VideoError("empty file (0 bytes)")
+    container, codec, rotation, first_raw = _probe(path)
+    turns = (rotation // 90) % 4
+
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+        total = len(reader)
+    except Exception as e:  # decord raises its own DECORDError and sometimes RuntimeError
+        raise VideoError(f"decoder cannot open the file: {_first_line(e)}") from None
+    if total == 0:
+        raise VideoError("the video stream has no frames")
+
+    starts_ends = reader.get_frame_timestamp(np.arange(total))
+    starts = starts_ends[:, 0].astype(float)
+    duration = float(starts_ends[-1, 1])
+    if not np.isfinite(duration) or duration <= 0:
+        raise VideoError(f"the video has no usable timestamps (duration {duration})")
+    indices, shortfall = _choose_indices(starts, duration, frames, fps)
+
+    # decord may or may not have rotated already; compare with PyAV's raw first frame to find out.
+    todo_turns = turns
+    if turns:
+        todo_turns = 0 if _decord_rotated(reader, first_raw, turns) else turns
+
+    decoded = []
+    for index in indices:
+        try:
+            frame = reader[int(index)].asnumpy()
+        except Exception as e:
+            raise VideoError(f"decoding failed at frame {index} of {total} (truncated file?): {_first_line(e)}") \
+                from None
+        if todo_turns:
+            frame = np.rot90(frame, todo_turns)
+        decoded.append(_resize(frame, max_side))
+
+    height, width = first_raw.shape[:2]
+    if turns % 2:
+        width, height = height, width
+    deltas = np.diff(starts)
+    return DecodedVideo(
+        frames=decoded,
+        indices=[int(i) for i in indices],
+        timestamps_s=[round(float(starts[i]), 6) for i in indices],
+        container=container,
+        codec=codec,
+        duration_s=round(duration, 6),
+        fps=round(float(reader.get_avg_fps()), 6),
+        num_frames=total,
+        width=width,
+        height=height,
+        rotation=turns * 90,
+        variable_frame_rate=bool(len(deltas) > 2 and deltas.std() > 0.01 * deltas.mean()),
+        shortfall=shortfall,
+    )
+
+
+def _probe(path: Path) -> tuple[str, str, int, np.ndarray]:
+    """Container and codec names, display rotation (CCW degrees) and the first frame as stored."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"no video stream (container {container.format.name})")
+            stream = container.streams.video[0]
+            first = next(container.decode(stream), None)
+            if first is None:
+                raise VideoError("the video stream has no decodable frames")
+            return container.format.name, stream.codec_context.name, int(first.rotation or 0), \
+                first.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as e:
+        # strerror is FFmpeg's reason without the errno and path noise ("Invalid data found when processing input").
+        raise VideoError(f"not a readable video: {e.strerror or _first_line(e)}") from None
+
+
+def _choose_indices(starts: np.ndarray, duration: float, frames: int, fps: float | None) -> tuple[list[int], str | None]:
+    total = len(starts)
+    if fps is None:
+        # Segment midpoints in frame-index space: frame k of N is the middle frame of the k-th of N equal segments.
+        wanted = [int((k + 0.5) * total / frames) for k in range(frames)]
+    else:
+        times = np.arange(0.5 / fps, duration, 1.0 / fps)
+        if len(times) > frames:  # the cap: spread `frames` samples over the whole clip rather than cut it short
+            times = times[((np.arange(frames) + 0.5) * len(times) / frames).astype(int)]
+        wanted = [int(max(0, np.searchsorted(starts, t, side="right") - 1)) for t in times]
+    indices = sorted(set(wanted))
+    if len(indices) < len(wanted) or (fps is None and total < frames):
+        return indices, f"kept all {len(indices)} distinct frames ({len(wanted)} requested, video has {total})"
+    return indices, None
+
+
+def _decord_rotated(reader, first_raw: np.ndarray, turns: int) -> bool:
+    first = reader[0].asnumpy()
+    rotated = np.rot90(first_raw, turns)
+    if turns % 2:  # 90/270 degrees: the shape alone tells (unless the frame is square)
+        if first.shape != first_raw.shape:
+            return True
+        if first.shape[0] != first.shape[1]:
+            return False
+    # 180 degrees: same shape either way, so compare pixels.
+    diff_rotated = np.abs(first.astype(np.int16) - rotated).mean()
+    diff_raw = np.abs(first.astype(np.int16) - first_raw).mean()
+    return bool(diff_rotated < diff_raw)
+
+
+def _resize(frame: np.ndarray, max_side: int) -> np.ndarray:
+    height, width = frame.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return np.ascontiguousarray(frame)
+    from PIL import Image
+
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize(size, Image.BILINEAR, reducing_gap=2.0))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:200]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The frame store
+
+
+def frame_name(k: int) -> str:
+    return f"{k:04d}.jpg"
+
+
+def save_frames(frames: list[np.ndarray], folder: Path, quality: int = JPEG_QUALITY) -> None:
+    """Write frames as JPEGs into `folder` all at once: a temporary folder renamed into place."""
+    from PIL import Image
+
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for k, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp / frame_name(k), quality=quality)
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        # Another process wrote the same video's frames first (a copy of the same file); they are identical.
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_frames(folder: Path) -> np.ndarray:
+    """The stored frames of one video as a (T, H, W, 3) uint8 array, in order."""
+    from PIL import Image
+
+    files = sorted(folder.glob("*.jpg"))
+    if not files:
+        raise FileNotFoundError(f"no frames in {folder}")
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])

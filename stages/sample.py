@@ -1,0 +1,248 @@
+"""Stage `sample`: decode a fixed set of frames per video, once per run, for every later stage and round.
+
+Each input video becomes one row of `samples.parquet`, keyed by a hash of its content. A video that cannot be
+decoded becomes an error row with the reason, and the run goes on. Frames are written as JPEGs under
+`frames/<video_id>/`. Adding videos to a run samples only the new ones; the sampling parameters are fixed per
+run (changing them needs --force).
+
+Decoding runs in worker processes: decoders can crash on hostile files, and a crash must cost one video, not the
+run. If a worker dies, the videos it may have been holding are retried one at a time in a fresh process, and
+the one that kills the decoder again becomes an error row.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import multiprocessing
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from stages.core.errors import SaviError
+from stages.core.records import Sample
+from stages.core.store import ArtifactWriter, Run, fingerprint, written_records
+from stages.core.video import VIDEO_EXTENSIONS, VideoError, read_video, save_frames
+
+LIST_SUFFIXES = (".txt", ".list", ".lst")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    frames: int = 32
+    """Frames per video (uniform segment midpoints), or the cap when `fps` is set."""
+    fps: float | None = None
+    """Sample at this fixed rate instead of uniformly (at most `frames` frames)."""
+    max_side: int = 448
+    """Resize so the longer side is at most this many pixels."""
+    workers: int = 1
+    """Videos decoded in parallel."""
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    path: Path
+    new: int
+    ok: int
+    errors: int
+    duplicates: int
+    up_to_date: bool
+
+
+def find_videos(inputs: Iterable[str | Path]) -> list[Path]:
+    """Expand files, folders (recursively, by video extension) and text files listing paths. Order is stable."""
+    found: list[Path] = []
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise SaviError(f"no such file or folder: {raw}")
+        if path.is_dir():
+            videos = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not videos:
+                raise SaviError(f"no videos found under {raw} (looked for {', '.join(VIDEO_EXTENSIONS)})")
+            found += videos
+        elif path.suffix.lower() in LIST_SUFFIXES:
+            found += _read_list(path)
+        else:
+            found.append(path)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        raise SaviError("no videos given")
+    return unique
+
+
+def _read_list(list_file: Path) -> list[Path]:
+    try:
+        lines = list_file.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise SaviError(f"{list_file} is not a text list of video paths (not UTF-8)") from None
+    entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    # Relative entries are relative to the list file, so a list travels with its videos.
+    paths = [p if p.is_absolute() else list_file.parent / p for p in map(Path, entries)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise SaviError(f"{len(missing)} paths listed in {list_file} do not exist: {shown}")
+    return paths
+
+
+def content_id(path: Path) -> str:
+    """Stable video id: the file's content, so a renamed or copied file is the same video."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def sample_one(path: Path, video_id: str, frames_root: Path, cfg: SampleConfig, threads: int) -> Sample:
+    """Decode one video and store its frames. Never raises for a bad video: it returns an error row."""
+    stat = path.stat()
+    row = Sample(video_id=video_id, path=str(path), status="ok", error=None, size_bytes=stat.st_size,
+                 mtime_ns=stat.st_mtime_ns, sampling="uniform" if cfg.fps is None else "fps",
+                 frames_requested=cfg.frames)
+    try:
+        video = read_video(path, frames=cfg.frames, fps=cfg.fps, max_side=cfg.max_side, threads=threads)
+    except VideoError as e:
+        row.status, row.error = "error", str(e)
+        return row
+    except Exception as e:  # decoders fail in many ways; one hostile file must not end the run
+        row.status, row.error = "error", f"unexpected {type(e).__name__} while decoding: {str(e)[:200]}"
+        return row
+    save_frames(video.frames, frames_root / video_id)
+    row.container, row.codec = video.container, video.codec
+    row.duration_s, row.fps, row.num_frames = video.duration_s, video.fps, video.num_frames
+    row.width, row.height, row.rotation = video.width, video.height, video.rotation
+    row.variable_frame_rate = video.variable_frame_rate
+    row.frame_indices, row.timestamps_s = video.indices, video.timestamps_s
+    row.frame_height, row.frame_width = video.frames[0].shape[:2]
+    row.shortfall = video.shortfall
+    row.frames_dir = f"frames/{video_id}"
+    return row
+
+
+def run(run: Run, inputs: Iterable[str | Path], cfg: SampleConfig = SampleConfig(), *, force: bool = False,
+        progress: Callable[[int], Callable[[], None]] | None = None) -> SampleResult:
+    """Sample every video in `inputs` into `run`. Returns where the table is and what was done.
+
+    `progress(total)` may return a callback that is called once per finished video (for a progress bar).
+    """
+    if cfg.frames < 1:
+        raise SaviError("--frames must be at least 1")
+    if cfg.fps is not None and cfg.fps <= 0:
+        raise SaviError("--fps must be positive")
+    videos = find_videos(inputs)
+    artifact = run.artifact("samples")
+    if force:
+        shutil.rmtree(run.frames_dir, ignore_errors=True)
+    existing = [] if force else written_records(artifact)
+
+    # Which inputs are new? Decide by content id; a path already seen is also a duplicate-free no-op.
+    owner = {r.video_id: r.path for r in existing}
+    known = {(r.path, r.size_bytes, r.mtime_ns): r.video_id for r in existing}
+    todo: dict[str, Path] = {}
+    duplicates = 0
+    for path, video_id in _identify(videos, known, cfg.workers):
+        if video_id in owner:
+            duplicates += owner[video_id] != str(path)
+            continue
+        owner[video_id] = str(path)
+        todo[video_id] = path
+
+    params = {k: v for k, v in asdict(cfg).items() if k != "workers"}  # workers change speed, not results
+    inputs_digest = {"videos": len(owner), "video_ids_sha256": fingerprint(sorted(owner))}
+    writer = ArtifactWriter(artifact, params=params, inputs=inputs_digest, force=force, incremental=True)
+    if writer.up_to_date:
+        return SampleResult(artifact.path, 0, 0, 0, duplicates, up_to_date=True)
+
+    todo = {vid: path for vid, path in todo.items() if vid not in writer.done_keys}
+    tick = progress(len(todo)) if progress else (lambda: None)
+    ok = errors = 0
+    try:
+        for row in _sample_all(todo, run.frames_dir, cfg):
+            writer.add(row)
+            ok += row.status == "ok"
+            errors += row.status == "error"
+            tick()
+    finally:
+        writer.close()
+    rows = written_records(artifact)
+    counts = {"ok": sum(r.status == "ok" for r in rows), "error": sum(r.status == "error" for r in rows)}
+    writer.finish(counts=counts, notes={"duplicate_inputs": duplicates})
+    return SampleResult(artifact.path, len(todo), ok, errors, duplicates, up_to_date=False)
+
+
+def _identify(videos: list[Path], known: dict[tuple[str, int, int], str], workers: int) -> list[tuple[Path, str]]:
+    """Content ids for every input; unchanged files (same path, size, mtime) reuse the id already recorded."""
+
+    def one(path: Path) -> tuple[Path, str]:
+        stat = path.stat()
+        cached = known.get((str(path), stat.st_size, stat.st_mtime_ns))
+        return path, cached or content_id(path)
+
+    # hashlib releases the GIL on large buffers, so threads hash files in parallel.
+    with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(one, videos))
+
+
+def _sample_all(todo: dict[str, Path], frames_root: Path, cfg: SampleConfig) -> Iterable[Sample]:
+    """Yield one row per video, decoding in worker processes; survive workers that crash."""
+    workers = max(1, cfg.workers)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pending = dict(todo)
+    while pending:
+        try:
+            yield from _pool_map(pending, frames_root, cfg, threads, workers)
+        except _PoolCrashed as crash:
+            for video_id in crash.in_flight:
+                # Alone in a fresh process, a crash is this video's fault.
+                try:
+                    yield from _pool_map({video_id: pending[video_id]}, frames_root, cfg, threads, 1)
+                except _PoolCrashed:
+                    yield _crashed_row(pending.pop(video_id), video_id, cfg)
+
+
+class _PoolCrashed(Exception):
+    def __init__(self, in_flight: list[str]):
+        self.in_flight = in_flight
+
+
+def _pool_map(pending: dict[str, Path], frames_root: Path, cfg: SampleConfig, threads: int,
+              workers: int) -> Iterable[Sample]:
+    """Decode `pending` (removing each finished video from it). At most `workers` videos are in flight at once,
+    so when a worker dies we know exactly which videos may have killed it."""
+    # spawn, not fork: the caller may have loaded threaded libraries (torch), and forking those can deadlock.
+    context = multiprocessing.get_context("spawn")
+    queue = iter(list(pending.items()))
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        in_flight: dict[cf.Future, str] = {}
+        try:
+            while True:
+                while len(in_flight) < workers and (item := next(queue, None)):
+                    video_id, path = item
+                    in_flight[pool.submit(sample_one, path, video_id, frames_root, cfg, threads)] = video_id
+                if not in_flight:
+                    return
+                done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        row = future.result()
+                    except cf.process.BrokenProcessPool:
+                        raise _PoolCrashed(list(in_flight.values())) from None
+                    del pending[in_flight.pop(future)]
+                    yield row
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            raise
+
+
+def _crashed_row(path: Path, video_id: str, cfg: SampleConfig) -> Sample:
+    stat = path.stat()
+    return Sample(video_id=video_id, path=str(path), status="error",
+                  error="the decoder crashed on this file (corrupt or unsupported video)",
+                  size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                  sampling="uniform" if cfg.fps is None else "fps", frames_requested=cfg.frames)
