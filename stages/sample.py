@@ -17,6 +17,7 @@ import hashlib
 import multiprocessing
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,10 +126,12 @@ def sample_one(path: Path, video_id: str, frames_root: Path, cfg: SampleConfig, 
 
 
 def run(run: Run, inputs: Iterable[str | Path], cfg: SampleConfig = SampleConfig(), *, force: bool = False,
-        progress: Callable[[int], Callable[[], None]] | None = None) -> SampleResult:
+        progress: Callable[[int], Callable[[], None]] | None = None,
+        worker: Callable[..., Sample] = sample_one) -> SampleResult:
     """Sample every video in `inputs` into `run`. Returns where the table is and what was done.
 
     `progress(total)` may return a callback that is called once per finished video (for a progress bar).
+    `worker` is `sample_one`; it is a parameter only so a test can show that a crashing decoder costs one video.
     """
     if cfg.frames < 1:
         raise SaviError("--frames must be at least 1")
@@ -159,10 +162,12 @@ def run(run: Run, inputs: Iterable[str | Path], cfg: SampleConfig = SampleConfig
         return SampleResult(artifact.path, 0, 0, 0, duplicates, up_to_date=True)
 
     todo = {vid: path for vid, path in todo.items() if vid not in writer.done_keys}
+    for leftover in run.frames_dir.glob(".*.tmp-*"):  # frames of a video whose worker was killed mid-write
+        shutil.rmtree(leftover, ignore_errors=True)
     tick = progress(len(todo)) if progress else (lambda: None)
     ok = errors = 0
     try:
-        for row in _sample_all(todo, run.frames_dir, cfg):
+        for row in _sample_all(todo, run.frames_dir, cfg, worker):
             writer.add(row)
             ok += row.status == "ok"
             errors += row.status == "error"
@@ -188,21 +193,23 @@ def _identify(videos: list[Path], known: dict[tuple[str, int, int], str], worker
         return list(pool.map(one, videos))
 
 
-def _sample_all(todo: dict[str, Path], frames_root: Path, cfg: SampleConfig) -> Iterable[Sample]:
+def _sample_all(todo: dict[str, Path], frames_root: Path, cfg: SampleConfig,
+                worker: Callable[..., Sample]) -> Iterable[Sample]:
     """Yield one row per video, decoding in worker processes; survive workers that crash."""
     workers = max(1, cfg.workers)
     threads = max(1, (os.cpu_count() or 1) // workers)
     pending = dict(todo)
     while pending:
         try:
-            yield from _pool_map(pending, frames_root, cfg, threads, workers)
+            yield from _pool_map(pending, frames_root, cfg, threads, workers, worker)
         except _PoolCrashed as crash:
             for video_id in crash.in_flight:
                 # Alone in a fresh process, a crash is this video's fault.
+                alone = {video_id: pending.pop(video_id)}
                 try:
-                    yield from _pool_map({video_id: pending[video_id]}, frames_root, cfg, threads, 1)
+                    yield from _pool_map(alone, frames_root, cfg, threads, 1, worker)
                 except _PoolCrashed:
-                    yield _crashed_row(pending.pop(video_id), video_id, cfg)
+                    yield _crashed_row(alone[video_id], video_id, cfg)
 
 
 class _PoolCrashed(Exception):
@@ -210,20 +217,20 @@ class _PoolCrashed(Exception):
         self.in_flight = in_flight
 
 
-def _pool_map(pending: dict[str, Path], frames_root: Path, cfg: SampleConfig, threads: int,
-              workers: int) -> Iterable[Sample]:
+def _pool_map(pending: dict[str, Path], frames_root: Path, cfg: SampleConfig, threads: int, workers: int,
+              worker: Callable[..., Sample]) -> Iterable[Sample]:
     """Decode `pending` (removing each finished video from it). At most `workers` videos are in flight at once,
     so when a worker dies we know exactly which videos may have killed it."""
     # spawn, not fork: the caller may have loaded threaded libraries (torch), and forking those can deadlock.
     context = multiprocessing.get_context("spawn")
     queue = iter(list(pending.items()))
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent) as pool:
         in_flight: dict[cf.Future, str] = {}
         try:
             while True:
                 while len(in_flight) < workers and (item := next(queue, None)):
                     video_id, path = item
-                    in_flight[pool.submit(sample_one, path, video_id, frames_root, cfg, threads)] = video_id
+                    in_flight[pool.submit(worker, path, video_id, frames_root, cfg, threads)] = video_id
                 if not in_flight:
                     return
                 done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
@@ -238,6 +245,16 @@ def _pool_map(pending: dict[str, Path], frames_root: Path, cfg: SampleConfig, th
             for future in in_flight:
                 future.cancel()
             raise
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when the savi process dies, so a `kill -9` leaves no decoder running."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _crashed_row(path: Path, video_id: str, cfg: SampleConfig) -> Sample:

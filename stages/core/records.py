@@ -48,6 +48,18 @@ class Sample:
     frames_dir: str | None = None  # relative to the run folder
 
 
+@dataclass(slots=True)
+class Question:
+    """A question the policy asked about a video in one round. Key: `question_id` (video, kind and text)."""
+
+    question_id: str
+    video_id: str
+    kind: str  # "spatial", "temporal", "what", "why" or "how"
+    text: str
+    prompt_version: str
+    model: str
+
+
 @dataclass(frozen=True)
 class TableSpec:
     name: str
@@ -66,8 +78,9 @@ class TableSpec:
 
 
 SAMPLES = TableSpec("samples", 1, Sample, key="video_id", order=("path", "video_id"))
+QUESTIONS = TableSpec("questions", 1, Question, key="question_id", order=("video_id", "question_id"))
 
-TABLES = {spec.name: spec for spec in (SAMPLES,)}
+TABLES = {spec.name: spec for spec in (SAMPLES, QUESTIONS)}
 
 
 def to_arrow(spec: TableSpec, records: list[Any]) -> pa.Table:

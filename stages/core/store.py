@@ -287,7 +287,7 @@ class ArtifactWriter:
     force: bool = False
     incremental: bool = False
     flush_rows: int = 64
-    flush_seconds: float = 5.0
+    flush_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         self.done_keys: set[Any] = set()
