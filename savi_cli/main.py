@@ -6,7 +6,7 @@ Command modules import only Typer at the top; the engine (and torch) is imported
 
 import typer
 
-from savi_cli.commands import query, sample, status, tiny_model
+from savi_cli.commands import demo, query, sample, status, tiny_model
 
 app = typer.Typer(
     name="savi",
@@ -23,3 +23,4 @@ app.command("sample")(sample.sample)
 app.command("query")(query.query)
 app.command("status")(status.status)
 app.command("tiny-model")(tiny_model.tiny_model)
+app.command("demo")(demo.demo)

@@ -110,12 +110,19 @@ def test_rotated_clips_come_out_upright(tmp_path, suffix, rotation):
         assert np.abs(frames[k].astype(int) - synthetic.upright_frame_at(spec, index)).mean() < 6
 
 
-def test_max_side_resizes_and_keeps_the_aspect(tmp_path):
-    spec = synthetic.write_video(tmp_path / "wide.mp4", num_frames=12, size=(320, 160))
+@pytest.mark.parametrize("rotation", [0, 90])  # resized inside the decoder, or after rotating
+def test_max_side_resizes_and_keeps_the_aspect(tmp_path, rotation):
+    spec = synthetic.write_video(tmp_path / "wide.mp4", num_frames=12, size=(320, 160), rotation=rotation)
     run, _ = sample_run([spec.path], cfg=sample_stage.SampleConfig(frames=4, max_side=64, workers=1))
     row = run.artifact("samples").read()[0]
-    assert (row.width, row.height) == (320, 160)
-    assert (row.frame_width, row.frame_height) == (64, 32)
+    upright = synthetic.upright_frame_at(spec, row.frame_indices[0])
+    assert (row.height, row.width) == upright.shape[:2]
+    assert max(row.frame_width, row.frame_height) == 64
+    assert row.frame_width / row.frame_height == pytest.approx(row.width / row.height)
+    frames = load_frames(run.path / row.frames_dir)
+    from PIL import Image
+    expected = np.asarray(Image.fromarray(upright).resize((row.frame_width, row.frame_height), Image.BILINEAR))
+    assert np.abs(frames[0].astype(int) - expected).mean() < 8
 
 
 def test_fps_mode_samples_at_a_fixed_rate_capped_at_frames(tmp_path):

@@ -120,8 +120,17 @@ def build_tiny_model(out_dir: str | Path, family: str = DEFAULT_FAMILY, seed: in
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    from transformers.utils import logging as hf_logging
+
+    # A one-shard "Writing model shards" bar is noise for a sub-megabyte model; restore the setting afterwards.
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     return out
 
 

@@ -9,6 +9,7 @@ job, and the frames always come out upright.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,14 +51,22 @@ def read_video(path: str | Path, *, frames: int = 32, fps: float | None = None, 
         raise VideoError("empty file (0 bytes)")
     container, codec, rotation, first_raw = _probe(path)
     turns = (rotation // 90) % 4
+    # Resizing inside the decoder is much faster than after it, but decord gets the output shape wrong when it
+    # also applies a rotation, so rotated clips are resized afterwards.
+    stored_height, stored_width = first_raw.shape[:2]
+    scale = max_side / max(stored_height, stored_width)
+    size = {}
+    if turns == 0 and scale < 1:
+        size = {"width": max(1, round(stored_width * scale)), "height": max(1, round(stored_height * scale))}
 
     import decord
 
+    decord.logging.set_level(decord.logging.QUIET)  # its FFmpeg would print to stderr; the row keeps the reason
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads, **size)
         total = len(reader)
     except Exception as e:  # decord raises its own DECORDError and sometimes RuntimeError
-        raise VideoError(f"decoder cannot open the file: {_first_line(e)}") from None
+        raise VideoError(f"decoder cannot read the file: {_decord_reason(e)}") from None
     if total == 0:
         raise VideoError("the video stream has no frames")
 
@@ -78,13 +87,12 @@ def read_video(path: str | Path, *, frames: int = 32, fps: float | None = None, 
         try:
             frame = reader[int(index)].asnumpy()
         except Exception as e:
-            raise VideoError(f"decoding failed at frame {index} of {total} (truncated file?): {_first_line(e)}") \
-                from None
+            raise VideoError(f"decoding failed at frame {index} of {total}: {_decord_reason(e)}") from None
         if todo_turns:
             frame = np.rot90(frame, todo_turns)
         decoded.append(_resize(frame, max_side))
 
-    height, width = first_raw.shape[:2]
+    height, width = stored_height, stored_width
     if turns % 2:
         width, height = height, width
     deltas = np.diff(starts)
@@ -163,6 +171,17 @@ def _resize(frame: np.ndarray, max_side: int) -> np.ndarray:
 
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize(size, Image.BILINEAR, reducing_gap=2.0))
+
+
+def _decord_reason(error: BaseException) -> str:
+    """decord's messages start with a time and its own source path; keep the reason and name FFmpeg's codes."""
+    text = re.sub(r"^\[[\d:]+\] \S+:\d+: (Error: )?", "", _first_line(error))
+    if str(_AVERROR_INVALIDDATA) in text:
+        return "invalid data (the file is truncated or damaged)"
+    return text
+
+
+_AVERROR_INVALIDDATA = 1094995529  # FFmpeg's AVERROR_INVALIDDATA, as decord reports it
 
 
 def _first_line(error: BaseException) -> str:

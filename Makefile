@@ -1,0 +1,30 @@
+# make demo   run savi offline on generated videos with a tiny model (sets itself up)
+# make test   run the test suite (sets itself up)
+# make venv   create .venv with pip if it is missing (or if pyproject.toml changed)
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+# pip, not uv or poetry: the large torch wheels are served from this machine's local pip configuration.
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: venv
+	$(VENV)/bin/savi demo --dir demo
+
+test: venv
+	$(VENV)/bin/pytest -q
+
+bench: venv
+	$(VENV)/bin/python benchmarks/bench_sample.py
+
+clean:
+	rm -rf demo .pytest_cache

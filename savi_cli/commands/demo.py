@@ -1,0 +1,40 @@
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from savi_cli.errors import user_errors
+from savi_cli.output import format_table
+from savi_cli.progress import progress_bar
+
+
+@user_errors
+def demo(
+    folder: Annotated[Path, typer.Option("--dir", help="Folder for the demo's videos, model and runs.")] = Path("demo"),
+) -> None:
+    """Run savi offline on generated videos with a tiny model: no GPU, no download.
+
+    Writes example videos (including a rotated, a variable-frame-rate and several broken ones), builds a tiny
+    random model, samples the videos, and shows what the run holds.
+
+    Example:
+
+        savi demo --dir /tmp/savi-demo
+    """
+    from stages import demo as demo_stage
+    from stages.core.query import run_query
+
+    say = lambda text: typer.echo(text, err=True)  # noqa: E731
+    result = demo_stage.run(folder, say=say, progress=lambda total: progress_bar(total, "sample", "video"))
+    columns, rows = run_query(
+        "select regexp_extract(path, '[^/]+$') as video, status, coalesce(error, '') as error, rotation, "
+        "width || 'x' || height as size, len(frame_indices) as frames from samples order by status desc, video",
+        result.workspace)
+    typer.echo(f"\nSampled videos ({result.samples.path}):\n")
+    typer.echo(format_table(columns, rows))
+    workspace = result.workspace
+    typer.echo("The tiny model writes meaningless text: it is random. It is there to run the real code path.")
+    typer.echo(f"Model: {result.model}\n")
+    typer.echo("Look further:")
+    typer.echo(f"  savi status -w {workspace}")
+    typer.echo(f"  savi query \"select status, count(*) from samples group by 1\" -w {workspace}")

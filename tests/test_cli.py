@@ -1,0 +1,88 @@
+"""The command line as a user meets it: help texts, fast start-up, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from savi_cli.main import app
+
+COMMANDS = sorted(app.registered_commands, key=lambda c: c.name)
+NAMES = [c.name for c in COMMANDS]
+
+
+def test_help_lists_every_command():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in NAMES:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_command_has_help_with_a_real_example(name):
+    result = CliRunner().invoke(app, [name, "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.stdout
+    example = result.stdout.split("Example:", 1)[1].strip().splitlines()[0]
+    assert example.startswith(f"savi {name}")
+
+
+def test_help_never_imports_torch_or_the_engine():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from savi_cli.main import app\n"
+        f"for args in [['--help']] + [[n, '--help'] for n in {NAMES!r}]:\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'decord', 'av', 'duckdb', 'pyarrow') "
+        "if m in sys.modules]\n"
+        "print(json.dumps(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
+def test_status_on_an_empty_workspace_says_how_to_start():
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 0
+    assert "no runs in" in result.stdout and "savi sample VIDEOS --run NAME" in result.stdout
+
+
+def test_status_of_an_unknown_run_is_one_line():
+    result = CliRunner().invoke(app, ["status", "--run", "nope"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: no run named 'nope'") and result.stderr.count("\n") == 1
+
+
+def test_invalid_run_names_are_refused(tmp_path):
+    result = CliRunner().invoke(app, ["sample", str(tmp_path), "--run", "../escape"])
+    assert result.exit_code == 1 and "invalid run name '../escape'" in result.stderr
+
+
+def test_tiny_model_command_builds_a_loadable_folder(tmp_path):
+    result = CliRunner().invoke(app, ["tiny-model", str(tmp_path / "m"), "--family", "qwen2_vl"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{tmp_path / 'm'}\n"
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model_type"] == "qwen2_vl"
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_tiny_model_unknown_family_is_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["tiny-model", str(tmp_path / "m"), "--family", "gpt2"])
+    assert result.exit_code == 1
+    assert result.stderr == ("Error: unknown family 'gpt2'; choose one of qwen2_5_vl, qwen2_vl, qwen3_vl, "
+                             "llava_onevision\n")
+    assert not (tmp_path / "m").exists()
+
+
+def test_demo_samples_the_example_videos_and_shows_them(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert "phone_rotated.mp4  ok" in result.stdout and "empty.mp4          error   empty file" in result.stdout
+    assert "meaningless text" in result.stdout
+    assert (tmp_path / "demo" / "model" / "config.json").is_file()
+    again = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "demo")])
+    assert again.exit_code == 0 and "writing example videos" not in again.stderr
