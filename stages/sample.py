@@ -99,10 +99,15 @@ def content_id(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def path_text(path: Path) -> str:
+    """The path as it is stored: Parquet needs UTF-8, and Linux file names may be any bytes."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
 def sample_one(path: Path, video_id: str, frames_root: Path, cfg: SampleConfig, threads: int) -> Sample:
     """Decode one video and store its frames. Never raises for a bad video: it returns an error row."""
     stat = path.stat()
-    row = Sample(video_id=video_id, path=str(path), status="ok", error=None, size_bytes=stat.st_size,
+    row = Sample(video_id=video_id, path=path_text(path), status="ok", error=None, size_bytes=stat.st_size,
                  mtime_ns=stat.st_mtime_ns, sampling="uniform" if cfg.fps is None else "fps",
                  frames_requested=cfg.frames)
     try:
@@ -150,9 +155,9 @@ def run(run: Run, inputs: Iterable[str | Path], cfg: SampleConfig = SampleConfig
     duplicates = 0
     for path, video_id in _identify(videos, known, cfg.workers):
         if video_id in owner:
-            duplicates += owner[video_id] != str(path)
+            duplicates += owner[video_id] != path_text(path)
             continue
-        owner[video_id] = str(path)
+        owner[video_id] = path_text(path)
         todo[video_id] = path
 
     params = {k: v for k, v in asdict(cfg).items() if k != "workers"}  # workers change speed, not results
@@ -185,7 +190,7 @@ def _identify(videos: list[Path], known: dict[tuple[str, int, int], str], worker
 
     def one(path: Path) -> tuple[Path, str]:
         stat = path.stat()
-        cached = known.get((str(path), stat.st_size, stat.st_mtime_ns))
+        cached = known.get((path_text(path), stat.st_size, stat.st_mtime_ns))
         return path, cached or content_id(path)
 
     # hashlib releases the GIL on large buffers, so threads hash files in parallel.
@@ -224,7 +229,7 @@ def _pool_map(pending: dict[str, Path], frames_root: Path, cfg: SampleConfig, th
     # spawn, not fork: the caller may have loaded threaded libraries (torch), and forking those can deadlock.
     context = multiprocessing.get_context("spawn")
     queue = iter(list(pending.items()))
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent) as pool:
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
         in_flight: dict[cf.Future, str] = {}
         try:
             while True:
@@ -247,8 +252,10 @@ def _pool_map(pending: dict[str, Path], frames_root: Path, cfg: SampleConfig, th
             raise
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this worker when the savi process dies, so a `kill -9` leaves no decoder running."""
+def _worker_init() -> None:
+    """Ctrl-C is the parent's to handle (it saves finished rows); and ask Linux to kill this worker when the
+    parent dies, so a `kill -9` leaves no decoder running."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import ctypes
 
@@ -259,7 +266,7 @@ def _die_with_parent() -> None:
 
 def _crashed_row(path: Path, video_id: str, cfg: SampleConfig) -> Sample:
     stat = path.stat()
-    return Sample(video_id=video_id, path=str(path), status="error",
+    return Sample(video_id=video_id, path=path_text(path), status="error",
                   error="the decoder crashed on this file (corrupt or unsupported video)",
                   size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns,
                   sampling="uniform" if cfg.fps is None else "fps", frames_requested=cfg.frames)

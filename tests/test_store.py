@@ -201,19 +201,16 @@ def test_kill_9_at_random_moments_then_resume_leaves_every_item_exactly_once(tmp
     script.write_text(KILLED_WRITER)
     rng = random.Random(7)
     kills = 0
-    for attempt in range(40):
+    for _ in range(12):
         proc = subprocess.Popen([sys.executable, str(script), str(run.path)])
         try:
-            proc.wait(timeout=rng.uniform(0.15, 1.6))
+            proc.wait(timeout=rng.uniform(0.15, 1.2))
+            break
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             kills += 1
-            continue
-        assert proc.returncode == 0
-        break
-    else:
-        pytest.fail("the writer never finished")
+    subprocess.run([sys.executable, str(script), str(run.path)], check=True)
     assert kills >= 3  # the test is only meaningful if it really interrupted the writer
     art = run.artifact("questions", 1)
     ids = [q.question_id for q in art.read()]

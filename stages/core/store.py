@@ -308,9 +308,13 @@ class ArtifactWriter:
             shutil.rmtree(art.parts_dir, ignore_errors=True)
             art.manifest_path.unlink(missing_ok=True)
             art.path.unlink(missing_ok=True)
+        if art.parts_dir.is_dir() and not (art.parts_dir / "started.json").is_file():
+            # Killed between creating the folder and writing started.json, which precedes every part: empty.
+            shutil.rmtree(art.parts_dir, ignore_errors=True)
         manifest = art.manifest() if art.complete else None
         started = self._read_started()
         if manifest is not None and started is None:
+            _remove_parts(art)
             if manifest["params_hash"] != params_hash:
                 raise SaviError(f"{art.path} was made with different parameters "
                                 f"({_describe_change(manifest['params'], self.params)}); "
@@ -385,14 +389,23 @@ class ArtifactWriter:
             "host": socket.gethostname(),
         }
         write_json(art.manifest_path, manifest)
-        shutil.rmtree(art.parts_dir, ignore_errors=True)
-        for leftover in art.path.parent.glob(f".{self.spec.name}.*.tmp-*"):  # from writes cut short by a kill
-            leftover.unlink(missing_ok=True)
+        _remove_parts(art)
         return manifest
 
     def close(self) -> None:
         """Flush what is done without finishing (on an error or Ctrl-C), so a rerun resumes from here."""
         self.flush()
+
+
+def _remove_parts(art: Artifact) -> None:
+    """Remove the parts folder in one step: renamed aside first, so a kill mid-delete cannot leave half of it
+    looking like an interrupted run. Leftovers of earlier kills go too."""
+    if art.parts_dir.is_dir():
+        os.rename(art.parts_dir, art.parts_dir.with_name(f"{art.parts_dir.name}.done-{os.getpid()}"))
+    for leftover in art.path.parent.glob(f"{art.parts_dir.name}.done-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in art.path.parent.glob(f".{art.spec.name}.*.tmp-*"):  # files whose write a kill cut short
+        leftover.unlink(missing_ok=True)
 
 
 def _drop_duplicate_keys(table: pa.Table, key: str) -> pa.Table:

@@ -8,9 +8,12 @@ job, and the frames always come out upright.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +62,12 @@ def read_video(path: str | Path, *, frames: int = 32, fps: float | None = None, 
     if turns == 0 and scale < 1:
         size = {"width": max(1, round(stored_width * scale)), "height": max(1, round(stored_height * scale))}
 
+    with _utf8_path(path) as readable:
+        return _decode(readable, container, codec, turns, first_raw, size, frames, fps, max_side, threads)
+
+
+def _decode(path: Path, container: str, codec: str, turns: int, first_raw: np.ndarray, size: dict[str, int],
+            frames: int, fps: float | None, max_side: int, threads: int) -> DecodedVideo:
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)  # its FFmpeg would print to stderr; the row keeps the reason
@@ -92,7 +101,7 @@ def read_video(path: str | Path, *, frames: int = 32, fps: float | None = None, 
             frame = np.rot90(frame, todo_turns)
         decoded.append(_resize(frame, max_side))
 
-    height, width = stored_height, stored_width
+    height, width = first_raw.shape[:2]
     if turns % 2:
         width, height = height, width
     deltas = np.diff(starts)
@@ -111,6 +120,21 @@ def read_video(path: str | Path, *, frames: int = 32, fps: float | None = None, 
         variable_frame_rate=bool(len(deltas) > 2 and deltas.std() > 0.01 * deltas.mean()),
         shortfall=shortfall,
     )
+
+
+@contextlib.contextmanager
+def _utf8_path(path: Path) -> Iterator[Path]:
+    """decord only takes UTF-8 paths; a file whose name is other bytes is read through an ASCII-named symlink."""
+    try:
+        str(path).encode("utf-8")
+        yield path
+        return
+    except UnicodeEncodeError:
+        pass
+    with tempfile.TemporaryDirectory(prefix="savi-") as tmp:
+        link = Path(tmp) / f"video{path.suffix.encode('ascii', 'ignore').decode()}"
+        link.symlink_to(path.resolve())
+        yield link
 
 
 def _probe(path: Path) -> tuple[str, str, int, np.ndarray]:
