@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test lint bench clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check savi_cli stages tests benchmarks
 
 bench: venv
 	$(VENV)/bin/python benchmarks/bench_sample.py

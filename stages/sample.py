@@ -13,7 +13,6 @@ the one that kills the decoder again becomes an error row.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import multiprocessing
 import os
 import shutil
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from stages.core.errors import SaviError
 from stages.core.records import Sample
-from stages.core.store import ArtifactWriter, Run, fingerprint, written_records
+from stages.core.store import ArtifactWriter, Run, file_sha256, fingerprint, written_records
 from stages.core.video import VIDEO_EXTENSIONS, VideoError, read_video, save_frames
 
 LIST_SUFFIXES = (".txt", ".list", ".lst")
@@ -92,11 +91,7 @@ def _read_list(list_file: Path) -> list[Path]:
 
 def content_id(path: Path) -> str:
     """Stable video id: the file's content, so a renamed or copied file is the same video."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def path_text(path: Path) -> str:

@@ -42,10 +42,12 @@ def connect(workspace: str | Path | None = None, run: str | None = None):
 def _select(path: Path, run: str, per_round: bool) -> str:
     literal = str(path).replace("'", "''")
     run_literal = run.replace("'", "''")
-    return (f"SELECT '{run_literal}' AS run, * FROM read_parquet('{literal}', hive_partitioning={str(per_round).lower()})")
+    hive = str(per_round).lower()
+    return f"SELECT '{run_literal}' AS run, * FROM read_parquet('{literal}', hive_partitioning={hive})"
 
 
-def run_query(sql: str, workspace: str | Path | None = None, run: str | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+def run_query(sql: str, workspace: str | Path | None = None,
+              run: str | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run SQL against the workspace views. Returns (column names, rows)."""
     import duckdb
 

@@ -411,14 +411,15 @@ def _remove_parts(art: Artifact) -> None:
 def _drop_duplicate_keys(table: pa.Table, key: str) -> pa.Table:
     seen: set[Any] = set()
     keep = []
-    for i, value in enumerate(table.column(key).to_pylist()):
+    for value in table.column(key).to_pylist():
         keep.append(value not in seen)
         seen.add(value)
     return table.filter(pa.array(keep)) if not all(keep) else table
 
 
 def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
-    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    keys = sorted(set(old) | set(new))
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
     return ", ".join(changed) or "parameters differ"
 
 

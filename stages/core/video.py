@@ -156,7 +156,8 @@ def _probe(path: Path) -> tuple[str, str, int, np.ndarray]:
         raise VideoError(f"not a readable video: {e.strerror or _first_line(e)}") from None
 
 
-def _choose_indices(starts: np.ndarray, duration: float, frames: int, fps: float | None) -> tuple[list[int], str | None]:
+def _choose_indices(starts: np.ndarray, duration: float, frames: int,
+                    fps: float | None) -> tuple[list[int], str | None]:
     total = len(starts)
     if fps is None:
         # Segment midpoints in frame-index space: frame k of N is the middle frame of the k-th of N equal segments.
