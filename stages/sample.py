@@ -161,7 +161,7 @@ def run(run: Run, inputs: Iterable[str | Path], cfg: SampleConfig = SampleConfig
     if writer.up_to_date:
         return SampleResult(artifact.path, 0, 0, 0, duplicates, up_to_date=True)
 
-    todo = {vid: path for vid, path in todo.items() if vid not in writer.done_keys}
+    todo = {vid: path for vid, path in todo.items() if vid not in writer.done_items}
     for leftover in run.frames_dir.glob(".*.tmp-*"):  # frames of a video whose worker was killed mid-write
         shutil.rmtree(leftover, ignore_errors=True)
     tick = progress(len(todo)) if progress else (lambda: None)

@@ -29,11 +29,12 @@ def sample(video_id: str, status: str = "ok") -> Sample:
 
 
 def write_questions(run, round, rows, params=None, inputs=None, **kw):
+    """Write questions the way `ask` does: all of a video's questions as one item."""
     writer = ArtifactWriter(run.artifact("questions", round), params=params or {"per_video": 2},
                             inputs=inputs or {"samples": "abc"}, **kw)
     if not writer.up_to_date:
-        for row in rows:
-            writer.add(row)
+        for video_id in dict.fromkeys(r.video_id for r in rows):
+            writer.add_item(video_id, [r for r in rows if r.video_id == video_id])
         writer.finish()
     return writer
 
@@ -94,29 +95,46 @@ def test_changed_inputs_refuse_unless_incremental():
     assert [q.question_id for q in run.artifact("questions", 1).read()] == ["v1-q1", "v2-q1"]
 
 
-def test_resume_skips_flushed_keys_and_never_duplicates():
+def test_resume_skips_flushed_items_and_never_duplicates():
     run = open_run("r")
     art = run.artifact("questions", 1)
     first = ArtifactWriter(art, params={"p": 1}, inputs={}, flush_rows=2)
     for n in range(5):
-        first.add(question("v", n))
-    # Crash without finish: 4 rows were flushed in two parts, the 5th was still in memory.
+        first.add_item(f"v{n}", [question(f"v{n}", 0)])
+    # Crash without finish: 4 items were flushed in two parts, the 5th was still in memory.
     assert len(written_records(art)) == 4 and not art.complete
 
     second = ArtifactWriter(art, params={"p": 1}, inputs={})
-    assert second.resumed and second.done_keys == {f"v-q{n}" for n in range(4)}
+    assert second.resumed and second.done_items == {f"v{n}" for n in range(4)}
     for n in range(7):
-        second.add(question("v", n))
+        second.add_item(f"v{n}", [question(f"v{n}", 0)])
     second.finish()
     ids = [q.question_id for q in art.read()]
-    assert ids == sorted(f"v-q{n}" for n in range(7))
+    assert ids == [f"v{n}-q0" for n in range(7)]
+
+
+def test_an_item_is_flushed_whole_and_an_empty_item_stays_done():
+    run = open_run("r")
+    art = run.artifact("questions", 1)
+    writer = ArtifactWriter(art, params={"p": 1}, inputs={}, flush_rows=1)
+    writer.add_item("v1", [question("v1", n) for n in range(3)])
+    writer.add_item("v2", [])  # e.g. the model's output could not be parsed
+    # Both items are on disk: the three rows together, and v2 as done without rows.
+    assert len(written_records(art)) == 3
+    resumed = ArtifactWriter(art, params={"p": 1}, inputs={})
+    assert resumed.done_items == {"v1", "v2"}
+    resumed.add_item("v3", [question("v3", 0)])
+    resumed.finish()
+    # Even after finishing, an incremental rerun knows v2 was done.
+    again = ArtifactWriter(art, params={"p": 1}, inputs={"more": 1}, incremental=True)
+    assert again.done_items == {"v1", "v2", "v3"}
 
 
 def test_resume_with_different_params_is_refused():
     run = open_run("r")
     art = run.artifact("questions", 1)
     writer = ArtifactWriter(art, params={"p": 1}, inputs={}, flush_rows=1)
-    writer.add(question("v", 0))
+    writer.add_item("v", [question("v", 0)])
     with pytest.raises(SaviError, match=r"interrupted run .* \(p: 1 -> 2\)"):
         ArtifactWriter(art, params={"p": 2}, inputs={})
 
@@ -185,11 +203,12 @@ run = Run(Path(sys.argv[1]))
 writer = ArtifactWriter(run.artifact("questions", 1), params={"n": 60}, inputs={}, flush_rows=3)
 if not writer.up_to_date:
     for n in range(60):
-        key = f"v-q{n:02d}"
-        if key in writer.done_keys:
+        video = f"v{n:02d}"
+        if video in writer.done_items:
             continue
         time.sleep(0.01)
-        writer.add(Question(key, "v", "temporal", f"q {n}", "ask/1", "tiny"))
+        writer.add_item(video, [Question(f"{video}-q{k}", video, "temporal", f"q {k}", "ask/1", "tiny")
+                                for k in range(n % 3)])  # 0, 1 or 2 questions per video
     writer.finish()
 """
 
@@ -213,7 +232,9 @@ def test_kill_9_at_random_moments_then_resume_leaves_every_item_exactly_once(tmp
     assert kills >= 3  # the test is only meaningful if it really interrupted the writer
     art = run.artifact("questions", 1)
     ids = [q.question_id for q in art.read()]
-    assert ids == [f"v-q{n:02d}" for n in range(60)]
+    assert ids == [f"v{n:02d}-q{k}" for n in range(60) for k in range(n % 3)]
+    assert ArtifactWriter(art, params={"n": 60}, inputs={"x": 1}, incremental=True).done_items == \
+        {f"v{n:02d}" for n in range(60)}
     assert art.complete and not art.parts_dir.exists()
     assert not list(art.path.parent.glob(".*tmp*"))
     # And once finished, running again is a no-op.
@@ -248,7 +269,7 @@ def test_duckdb_views_join_samples_and_questions_across_rounds_and_runs():
 def test_views_hide_unfinished_tables_and_exist_when_empty():
     run = open_run("r")
     writer = ArtifactWriter(run.artifact("questions", 1), params={}, inputs={}, flush_rows=1)
-    writer.add(question("v", 0))  # flushed as a part, never finished
+    writer.add_item("v", [question("v", 0)])  # flushed as a part, never finished
     assert run_query("select count(*) from questions")[1] == [(0,)]
     assert run_query("select count(*) from samples")[1] == [(0,)]
     with pytest.raises(SaviError, match="query failed: .*nope"):

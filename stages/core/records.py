@@ -62,11 +62,19 @@ class Question:
 
 @dataclass(frozen=True)
 class TableSpec:
+    """A table: its records, the key that identifies a row, and the item column naming the unit of work that
+    produced it (a row's key by default; a video for questions, since one generation writes all of them)."""
+
     name: str
     version: int
     record: type
     key: str
     order: tuple[str, ...]
+    item_column: str | None = None
+
+    @property
+    def item(self) -> str:
+        return self.item_column or self.key
 
     @property
     def stamp(self) -> str:
@@ -78,7 +86,8 @@ class TableSpec:
 
 
 SAMPLES = TableSpec("samples", 1, Sample, key="video_id", order=("path", "video_id"))
-QUESTIONS = TableSpec("questions", 1, Question, key="question_id", order=("video_id", "question_id"))
+QUESTIONS = TableSpec("questions", 1, Question, key="question_id", order=("video_id", "question_id"),
+                      item_column="video_id")
 
 TABLES = {spec.name: spec for spec in (SAMPLES, QUESTIONS)}
 

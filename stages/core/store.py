@@ -44,6 +44,7 @@ from stages.core.errors import SaviError
 from stages.core.records import SCHEMA_METADATA_KEY, TABLES, TableSpec, from_arrow, to_arrow
 
 DEFAULT_WORKSPACE = "runs"
+ITEMS_METADATA_KEY = b"savi.empty_items"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,6 +265,16 @@ def written_records(artifact: Artifact) -> list[Any]:
     return [r for t in written_tables(artifact) for r in from_arrow(artifact.spec, t)]
 
 
+def written_items(artifact: Artifact) -> set[Any]:
+    """The units of work already done: every value of the table's item column, plus the items that produced no
+    rows (recorded in the file metadata, so a rerun does not redo them)."""
+    done: set[Any] = set()
+    for table in written_tables(artifact):
+        done.update(table.column(artifact.spec.item).to_pylist())
+        done.update(json.loads((table.schema.metadata or {}).get(ITEMS_METADATA_KEY, b"[]")))
+    return done
+
+
 @dataclasses.dataclass
 class ArtifactWriter:
     """Write one table item by item, resumably. See the module docstring for the protocol.
@@ -271,9 +282,12 @@ class ArtifactWriter:
     Usage:
         writer = ArtifactWriter(artifact, params=..., inputs=..., force=force)
         if writer.up_to_date: return
-        for item in todo:                       # skip keys in writer.done_keys
-            writer.add(record)
+        for item in todo:                       # skip items in writer.done_items
+            writer.add_item(item, records)      # or writer.add(record) when one record is one item
         writer.finish(counts=...)
+
+    An item is the unit of work (a video for `ask`, an answer for `critique`): its records are flushed together,
+    so a kill never leaves half of an item, and an item with no records still counts as done.
 
     `params` decide whether existing work may be reused: different params refuse without `force`.
     `inputs` (content hashes of what was read) are recorded; if they changed since the table was finished, the
@@ -290,10 +304,11 @@ class ArtifactWriter:
     flush_seconds: float = 1.0
 
     def __post_init__(self) -> None:
-        self.done_keys: set[Any] = set()
+        self.done_items: set[Any] = set()
         self.up_to_date = False
         self.resumed = False
         self._buffer: list[Any] = []
+        self._buffer_empty_items: list[Any] = []
         self._last_flush = self._started = time.monotonic()
         self._added = 0
         self._open()
@@ -331,24 +346,29 @@ class ArtifactWriter:
                             "rerun with the original options to resume it, or pass --force to start over")
         self.resumed = started is not None
         self._first_started_at = started["started_at"] if started else _now()
-        self.done_keys = {k for t in written_tables(art) for k in t.column(self.spec.key).to_pylist()}
+        self.done_items = written_items(art)
 
     def _read_started(self) -> dict[str, Any] | None:
         path = self.artifact.parts_dir / "started.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
     def add(self, record: Any) -> None:
-        key = getattr(record, self.spec.key)
-        if key in self.done_keys:
+        self.add_item(getattr(record, self.spec.item), [record])
+
+    def add_item(self, item: Any, records: list[Any]) -> None:
+        if item in self.done_items:
             return
-        self.done_keys.add(key)
-        self._buffer.append(record)
-        self._added += 1
-        if len(self._buffer) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+        self.done_items.add(item)
+        self._buffer.extend(records)
+        if not records:
+            self._buffer_empty_items.append(item)
+        self._added += len(records)
+        pending = len(self._buffer) + len(self._buffer_empty_items)
+        if pending >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
-        if not self._buffer:
+        if not self._buffer and not self._buffer_empty_items:
             return
         parts = self.artifact.parts_dir
         if not (parts / "started.json").is_file():
@@ -358,8 +378,9 @@ class ArtifactWriter:
         index = len(list(parts.glob("part-*.parquet.part")))
         while (parts / f"part-{index:06d}.parquet.part").exists():
             index += 1
-        write_parquet(parts / f"part-{index:06d}.parquet.part", to_arrow(self.spec, self._buffer))
-        self._buffer = []
+        table = _with_empty_items(to_arrow(self.spec, self._buffer), self._buffer_empty_items, self.spec)
+        write_parquet(parts / f"part-{index:06d}.parquet.part", table)
+        self._buffer, self._buffer_empty_items = [], []
         self._last_flush = time.monotonic()
 
     def finish(self, counts: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -369,7 +390,8 @@ class ArtifactWriter:
         merged = pa.concat_tables(written_tables(art) or [to_arrow(self.spec, [])])
         merged = _drop_duplicate_keys(merged, self.spec.key)
         merged = merged.sort_by([(c, "ascending") for c in self.spec.order])
-        merged = merged.replace_schema_metadata({SCHEMA_METADATA_KEY: self.spec.stamp.encode()})
+        empty_items = written_items(art) - set(merged.column(self.spec.item).to_pylist())
+        merged = _with_empty_items(merged, sorted(empty_items), self.spec)
         write_parquet(art.path, merged)
         manifest = {
             "artifact": self.spec.name,
@@ -406,6 +428,13 @@ def _remove_parts(art: Artifact) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
     for leftover in art.path.parent.glob(f".{art.spec.name}.*.tmp-*"):  # files whose write a kill cut short
         leftover.unlink(missing_ok=True)
+
+
+def _with_empty_items(table: pa.Table, empty_items: list[Any], spec: TableSpec) -> pa.Table:
+    metadata = {SCHEMA_METADATA_KEY: spec.stamp.encode()}
+    if empty_items:
+        metadata[ITEMS_METADATA_KEY] = json.dumps(empty_items).encode()
+    return table.replace_schema_metadata(metadata)
 
 
 def _drop_duplicate_keys(table: pa.Table, key: str) -> pa.Table:
