@@ -4,9 +4,12 @@ Command modules import only Typer at the top; the engine (and torch) is imported
 `savi --help` answers instantly.
 """
 
+import logging
+import sys
+
 import typer
 
-from savi_cli.commands import demo, query, sample, status, tiny_model
+from savi_cli.commands import answer, ask, critique, demo, query, sample, status, tiny_model
 
 app = typer.Typer(
     name="savi",
@@ -19,7 +22,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+@app.callback()
+def main() -> None:
+    # Stages log warnings (4-bit on CPU, batch size lowered); show them as plain lines on stderr.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="warning: %(message)s")
+
+
 app.command("sample")(sample.sample)
+app.command("ask")(ask.ask)
+app.command("answer")(answer.answer)
+app.command("critique")(critique.critique)
 app.command("query")(query.query)
 app.command("status")(status.status)
 app.command("tiny-model")(tiny_model.tiny_model)

@@ -17,3 +17,34 @@ FormatOpt = Annotated[
     typer.Option("--format", "-f", help="Output format."),
 ]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", min=1, help="Videos processed in parallel.")]
+
+# Stages that use the policy model.
+InputArg = Annotated[
+    str | None,
+    typer.Argument(help="The previous stage's table (a path it printed), or - to read it from stdin. Sets "
+                        "--run and --round. Piped input is read automatically.", show_default=False),
+]
+StageRunOpt = Annotated[
+    str | None, typer.Option("--run", "-r", help="Name of the run. [default: from piped input, else default]")
+]
+RoundOpt = Annotated[
+    int | None, typer.Option("--round", min=1, help="Round number, from 1. [default: from piped input]")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Hub id or local folder of the base model. [default: the run's model, "
+                                       "else Qwen/Qwen2.5-VL-7B-Instruct]"),
+]
+Load4bitOpt = Annotated[bool, typer.Option("--load-in-4bit", help="Load the model in 4-bit NF4 (bitsandbytes).")]
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", "-b", min=1, help="Prompts per batch; halved on CUDA out-of-memory.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for sampling.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")]
+PromptsOpt = Annotated[
+    Path | None,
+    typer.Option("--prompts", help="Folder of prompt files overriding the packaged ones (same file names).",
+                 exists=True, file_okay=False),
+]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest generation, in tokens.")]

@@ -20,7 +20,7 @@ from stages.core.store import ArtifactWriter, atomic_path, open_run, read_table,
 
 def question(video_id: str, n: int) -> Question:
     return Question(question_id=f"{video_id}-q{n}", video_id=video_id, kind="spatial", text=f"question {n}?",
-                    prompt_version="ask/1", model="tiny")
+                    parsed_as="json", prompt_version="ask/1", model="tiny")
 
 
 def sample(video_id: str, status: str = "ok") -> Sample:
@@ -207,7 +207,7 @@ if not writer.up_to_date:
         if video in writer.done_items:
             continue
         time.sleep(0.01)
-        writer.add_item(video, [Question(f"{video}-q{k}", video, "temporal", f"q {k}", "ask/1", "tiny")
+        writer.add_item(video, [Question(f"{video}-q{k}", video, "temporal", f"q {k}", "json", "ask/1", "tiny")
                                 for k in range(n % 3)])  # 0, 1 or 2 questions per video
     writer.finish()
 """

@@ -56,8 +56,75 @@ class Question:
     video_id: str
     kind: str  # "spatial", "temporal", "what", "why" or "how"
     text: str
+    parsed_as: str  # how the model's output was read: "json", "numbered" or "lines"
     prompt_version: str
     model: str
+
+
+@dataclass(slots=True)
+class Answer:
+    """One candidate answer to a question. Key: `answer_id` (question, temperature and sample index)."""
+
+    answer_id: str
+    question_id: str
+    video_id: str
+    text: str
+    temperature: float
+    sample_index: int
+    num_tokens: int
+    finished: bool  # the model stopped by itself (False: cut off at --max-new-tokens)
+    prompt_version: str
+    model: str
+
+
+@dataclass(slots=True)
+class Critique:
+    """The policy's verdict on one answer. Key: `critique_id` (answer and mode).
+
+    critique mode: a critique naming the errors, then a revised answer. judge mode: scores 1-5 per criterion.
+    """
+
+    critique_id: str
+    answer_id: str
+    question_id: str
+    video_id: str
+    mode: str  # "critique" or "judge"
+    text: str  # the critique, or the judge's raw output
+    found_errors: bool | None = None
+    error_types: list[str] = dataclasses.field(default_factory=list)
+    revision: str | None = None
+    revision_similarity: float | None = None  # 1.0 = the revision repeats the answer
+    relevance: float | None = None
+    accuracy: float | None = None
+    temporal_grounding: float | None = None
+    clarity: float | None = None
+    score: float | None = None  # judge mode: mean of the criteria that parsed
+    prompt_version: str = ""
+    model: str = ""
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A preference pair proposed by the critique stage, before CLIP filtering. Key: `pair_id`.
+
+    `usable` is the critique's own judgement. Unusable pairs are kept with their `note` ("no_errors",
+    "revision_unchanged", "tie", ...), so `savi filter` can report every drop with its reason.
+    """
+
+    pair_id: str
+    video_id: str
+    question_id: str
+    question: str
+    chosen: str
+    rejected: str
+    chosen_source: str  # "revision" or the answer_id it came from
+    rejected_source: str
+    critique_id: str | None
+    mode: str
+    chosen_score: float | None
+    rejected_score: float | None
+    usable: bool
+    note: str | None
 
 
 @dataclass(frozen=True)
@@ -89,7 +156,11 @@ SAMPLES = TableSpec("samples", 1, Sample, key="video_id", order=("path", "video_
 QUESTIONS = TableSpec("questions", 1, Question, key="question_id", order=("video_id", "question_id"),
                       item_column="video_id")
 
-TABLES = {spec.name: spec for spec in (SAMPLES, QUESTIONS)}
+ANSWERS = TableSpec("answers", 1, Answer, key="answer_id", order=("video_id", "question_id", "answer_id"))
+CRITIQUES = TableSpec("critiques", 1, Critique, key="critique_id", order=("video_id", "question_id", "answer_id"))
+CANDIDATES = TableSpec("candidates", 1, Candidate, key="pair_id", order=("video_id", "question_id", "pair_id"))
+
+TABLES = {spec.name: spec for spec in (SAMPLES, QUESTIONS, ANSWERS, CRITIQUES, CANDIDATES)}
 
 
 def to_arrow(spec: TableSpec, records: list[Any]) -> pa.Table:

@@ -255,6 +255,17 @@ def read_table(path: Path, spec: TableSpec) -> pa.Table:
 # Resumable writing
 
 
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    """What a stage command reports: its table, how many items it did now, and the manifest's counts."""
+
+    path: Path
+    items_done: int
+    rows_added: int
+    up_to_date: bool
+    counts: dict[str, Any]
+
+
 def written_tables(artifact: Artifact) -> list[pa.Table]:
     """Everything already written for `artifact`: the table (finished or not) and any flushed parts."""
     tables = [read_table(artifact.path, artifact.spec)] if artifact.path.is_file() else []
@@ -453,7 +464,7 @@ def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""Stage `answer`: the policy answers each question, once or several times.
+
+Candidate k of a question is sampled at temperature `temperatures[k % len(temperatures)]`, so the default of one
+candidate gives the single initial answer of VideoSAVi v3, and five candidates give v1's spread over
+0.3 ... 1.0 for judge mode. Each answer records its temperature, sample index, token count and model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from stages.core.config import settle_model
+from stages.core.errors import SaviError
+from stages.core.model import (
+    DEFAULT_MODEL,
+    ModelConfig,
+    Policy,
+    adapter_fingerprint,
+    adapter_for_round,
+    chunks,
+    load_video,
+)
+from stages.core.prompts import load_prompts
+from stages.core.records import Answer, Question
+from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, fingerprint, written_records
+
+
+@dataclass(frozen=True)
+class AnswerConfig:
+    candidates: int = 1
+    """Answers per question."""
+    temperatures: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9, 1.0)
+    """Candidate k is sampled at temperatures[k % len(temperatures)]."""
+    max_new_tokens: int = 256
+
+
+def answer_id(question_id: str, temperature: float, sample_index: int) -> str:
+    return fingerprint([question_id, temperature, sample_index])
+
+
+def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prompts_dir: Path | None = None,
+        force: bool = False, progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
+    if cfg.candidates < 1:
+        raise SaviError("--candidates must be at least 1")
+    if not cfg.temperatures or any(t < 0 for t in cfg.temperatures):
+        raise SaviError("--temperatures must be a comma-separated list of numbers >= 0, e.g. 0.3,0.7")
+    questions_art = run.artifact("questions", round)
+    if not questions_art.complete:
+        raise SaviError(f"round {round} of run '{run.name}' has no questions yet; "
+                        f"run `savi ask --run {run.name} --round {round}` first")
+    adapter = adapter_for_round(run, round)
+    prompt = load_prompts(prompts_dir)["answer"]  # all of them: a misnamed override file is an error
+    model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL))
+    samples = {s.video_id: s for s in run.artifact("samples").read()}
+    questions: list[Question] = questions_art.read()
+
+    params = {**asdict(cfg), "temperatures": list(cfg.temperatures), "prompt_version": prompt.version,
+              "model": model_cfg.model, "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed}
+    art = run.artifact("answers", round)
+    writer = ArtifactWriter(art, params=params, inputs={"questions": file_sha256(questions_art.path)}, force=force,
+                            incremental=True)
+    if writer.up_to_date:
+        return StageResult(art.path, 0, 0, True, art.manifest()["counts"])
+
+    slots = [(q, k, cfg.temperatures[k % len(cfg.temperatures)]) for q in questions for k in range(cfg.candidates)]
+    todo = [(q, k, t) for q, k, t in slots if answer_id(q.question_id, t, k) not in writer.done_items]
+    tick = progress(len(todo)) if progress and todo else (lambda: None)
+    policy = Policy.load(model_cfg, adapter) if todo else None
+    try:
+        # A batch is sampled at one temperature, so batches are formed per temperature, videos kept together.
+        for temperature in sorted({t for _, _, t in todo}):
+            group = sorted((s for s in todo if s[2] == temperature), key=lambda s: s[0].video_id)
+            for batch in chunks(group, model_cfg.batch_size):
+                videos = {vid: load_video(run, samples[vid]) for vid in {q.video_id for q, _, _ in batch}}
+                outputs = policy.generate([videos[q.video_id] for q, _, _ in batch],
+                                          [prompt.render("answer", question=q.text) for q, _, _ in batch],
+                                          keys=[answer_id(q.question_id, t, k) for q, k, t in batch],
+                                          max_new_tokens=cfg.max_new_tokens, temperature=temperature)
+                for (q, k, t), out in zip(batch, outputs):
+                    writer.add(Answer(answer_id(q.question_id, t, k), q.question_id, q.video_id, out.text, t, k,
+                                      out.num_tokens, out.finished, prompt.version, policy.name))
+                    tick()
+    finally:
+        writer.close()
+
+    rows = written_records(art)
+    counts = {"questions": len(questions), "answers": len(rows), "empty": sum(not a.text for a in rows),
+              "cut_off": sum(not a.finished for a in rows)}
+    manifest = writer.finish(counts=counts)
+    return StageResult(art.path, len(todo), manifest["rows_added"], False, counts)

@@ -1,0 +1,116 @@
+"""Stage `ask`: the policy writes questions about each sampled video.
+
+For each video and each question kind (spatial and temporal by default, as in VideoSAVi v3; what/why/how for
+v1), the policy is asked for a few questions, and its output is parsed as JSON or as numbered lines.
+Empty, overlong and duplicate questions are removed. A (video, kind) whose output yields no question counts as a
+parse failure in the manifest. All of a video's questions are one unit of work, so a resumed run never leaves a
+video half asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from stages.core.config import settle_model
+from stages.core.errors import SaviError
+from stages.core.model import (
+    DEFAULT_MODEL,
+    ModelConfig,
+    Policy,
+    adapter_fingerprint,
+    adapter_for_round,
+    chunks,
+    load_video,
+)
+from stages.core.parsing import normalize_text, parse_questions
+from stages.core.prompts import KINDS, load_prompts
+from stages.core.records import Question
+from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, fingerprint, written_records
+
+
+@dataclass(frozen=True)
+class AskConfig:
+    per_video: int = 6
+    """Questions asked per video, split evenly across the kinds."""
+    kinds: tuple[str, ...] = ("spatial", "temporal")
+    """Question kinds: spatial, temporal (VideoSAVi v3) or what, why, how (v1)."""
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    max_chars: int = 300
+    """Questions longer than this are dropped."""
+
+
+def questions_per_kind(per_video: int, kinds: tuple[str, ...]) -> dict[str, int]:
+    base, extra = divmod(per_video, len(kinds))
+    return {kind: base + (i < extra) for i, kind in enumerate(kinds)}
+
+
+def question_id(video_id: str, kind: str, text: str) -> str:
+    return fingerprint([video_id, kind, normalize_text(text)])
+
+
+def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts_dir: Path | None = None,
+        force: bool = False, progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
+    unknown = [k for k in cfg.kinds if k not in KINDS]
+    if unknown or not cfg.kinds:
+        raise SaviError(f"unknown question kind {', '.join(unknown) or '(none)'}; choose from {', '.join(KINDS)}")
+    if cfg.per_video < len(cfg.kinds):
+        raise SaviError(f"--per-video {cfg.per_video} is fewer than one question per kind ({len(cfg.kinds)} kinds)")
+    samples_art = run.artifact("samples")
+    if not samples_art.complete:
+        raise SaviError(f"run '{run.name}' has no sampled videos; run `savi sample VIDEOS --run {run.name}` first")
+    adapter = adapter_for_round(run, round)
+    prompt = load_prompts(prompts_dir)["ask"]  # all of them: a misnamed override file is an error
+    model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL))
+
+    videos = [s for s in samples_art.read() if s.status == "ok"]
+    if not videos:
+        raise SaviError(f"run '{run.name}' has no video that sampled without error; see `savi status`")
+    params = {**asdict(cfg), "kinds": list(cfg.kinds), "prompt_version": prompt.version, "model": model_cfg.model,
+              "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed}
+    inputs = {"samples": file_sha256(samples_art.path)}
+    art = run.artifact("questions", round)
+    writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True)
+    if writer.up_to_date:
+        return StageResult(art.path, 0, 0, True, art.manifest()["counts"])
+
+    todo = [v for v in videos if v.video_id not in writer.done_items]
+    per_kind = questions_per_kind(cfg.per_video, cfg.kinds)
+    tick = progress(len(todo)) if progress and todo else (lambda: None)
+    policy = Policy.load(model_cfg, adapter) if todo else None
+    try:
+        # One batch of generations covers several videos, all their kinds at once.
+        for chunk in chunks(todo, max(1, model_cfg.batch_size // len(cfg.kinds))):
+            loaded = {v.video_id: load_video(run, v) for v in chunk}
+            requests = [(v, kind) for v in chunk for kind in cfg.kinds]
+            outputs = policy.generate(
+                [loaded[v.video_id] for v, _ in requests],
+                [prompt.render("questions", n=per_kind[kind], focus=prompt.tables["focus"][kind])
+                 for _, kind in requests],
+                keys=[f"{v.video_id}:{kind}" for v, kind in requests],
+                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+            for video in chunk:
+                questions: dict[str, Question] = {}
+                for (v, kind), out in zip(requests, outputs):
+                    if v.video_id != video.video_id:
+                        continue
+                    texts, parsed_as = parse_questions(out.text, max_chars=cfg.max_chars)
+                    for text in texts[: per_kind[kind]]:
+                        qid = question_id(video.video_id, kind, text)
+                        questions.setdefault(qid, Question(qid, video.video_id, kind, text, parsed_as,
+                                                           prompt.version, policy.name))
+                writer.add_item(video.video_id, list(questions.values()))
+                tick()
+    finally:
+        writer.close()
+
+    rows = written_records(art)
+    done_videos = writer.done_items
+    kinds_found = {(q.video_id, q.kind) for q in rows}
+    counts = {"videos": len(done_videos), "questions": len(rows),
+              "parse_failures": len(done_videos) * len(cfg.kinds) - len(kinds_found),
+              **{f"kind_{k}": sum(q.kind == k for q in rows) for k in cfg.kinds}}
+    manifest = writer.finish(counts=counts)
+    return StageResult(art.path, len(todo), manifest["rows_added"], False, counts)

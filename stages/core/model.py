@@ -1,0 +1,273 @@
+"""The model runtime: load a video chat model (optionally 4-bit, optionally with a round's adapter) and generate.
+
+Any video-capable chat VLM that loads through transformers' `AutoModelForImageTextToText` and `AutoProcessor`
+should work; Qwen2.5-VL (the default), Qwen2-VL, Qwen3-VL and LLaVA-OneVision are tested. Frames come from the
+run's frame store as decoded arrays plus their metadata (source frame count, fps and the sampled indices), so
+the processor never decodes a video itself and every stage sees exactly the frames `savi sample` chose.
+
+The policy of round r. Each round's LoRA adapter continues the previous round's (see `stages/dpo.py`), so it
+holds the whole change from the base model. The policy of round r is therefore the base model plus one
+adapter, that of round r-1, and the policy of round 1 is the base model itself. Compared with stacking one
+adapter per round, this costs nothing at inference: one adapter, whatever the round. Compared with merging
+into a copy of the base, it needs no extra disk. The price is that the accumulated change stays within one LoRA
+rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.core.errors import SaviError
+from stages.core.records import Sample
+from stages.core.store import Run, file_sha256, fingerprint
+from stages.core.video import load_frames
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+log = logging.getLogger("savi")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str | None = None
+    """Hub id or local folder of the base model; None: the run's model (see config.settle_model)."""
+    load_in_4bit: bool = False
+    """Load the base weights in 4-bit NF4 (bitsandbytes)."""
+    dtype: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32."""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda or cuda:N."""
+    batch_size: int = 4
+    """Prompts generated together; halved automatically on CUDA out-of-memory."""
+    seed: int = 0
+
+
+@dataclass
+class Video:
+    """A video as the processor takes it: upright RGB frames and where they came from."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    total_frames: int
+    fps: float
+    indices: list[int]
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    num_tokens: int
+    finished: bool  # stopped at end-of-sequence, not at max_new_tokens
+
+
+def load_video(run: Run, sample: Sample) -> Video:
+    if sample.status != "ok" or not sample.frames_dir:
+        raise ValueError(f"video {sample.video_id} was not sampled ({sample.error})")
+    frames = load_frames(run.path / sample.frames_dir)
+    indices = list(sample.frame_indices)
+    if len(frames) == 1:
+        # Video processors group frames in pairs (temporal patches); Qwen3-VL refuses a single frame.
+        frames, indices = np.concatenate([frames, frames]), indices * 2
+    return Video(frames=frames, total_frames=sample.num_frames or len(frames), fps=sample.fps or 1.0,
+                 indices=indices)
+
+
+def adapter_fingerprint(adapter: Path | None) -> str | None:
+    """Identifies an adapter by its weights, so redoing an earlier round's training invalidates later rounds."""
+    if adapter is None:
+        return None
+    weights = sorted(adapter.glob("adapter_model.*"))
+    return fingerprint([file_sha256(w) for w in weights])
+
+
+def adapter_for_round(run: Run, round: int) -> Path | None:
+    """The adapter that makes the policy of `round`: none for round 1, round r-1's after that."""
+    if round < 1:
+        raise SaviError(f"rounds start at 1 (round 0 is the base model, used only by eval); got --round {round}")
+    if round == 1:
+        return None
+    adapter = run.round_dir(round - 1) / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise SaviError(f"round {round} starts from the policy trained in round {round - 1}, but {adapter} has no "
+                        f"adapter; run `savi dpo --run {run.name} --round {round - 1}` first")
+    return adapter
+
+
+class Policy:
+    """A loaded model and processor that turns (video, prompt) pairs into text, in batches."""
+
+    def __init__(self, model: Any, processor: Any, cfg: ModelConfig, adapter: Path | None):
+        self.model, self.processor, self.cfg, self.adapter = model, processor, cfg, adapter
+        self.batch_size = cfg.batch_size
+
+    @property
+    def name(self) -> str:
+        """How rows record the model: the base id, plus the adapter that was on it."""
+        return self.cfg.model if self.adapter is None else f"{self.cfg.model}+{self.adapter.parent.name}"
+
+    @classmethod
+    def load(cls, cfg: ModelConfig, adapter: Path | None = None) -> Policy:
+        if cfg.model is None:
+            raise ValueError("ModelConfig.model must be resolved before loading")
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # generation-config chatter; real problems still raise
+        if not sys.stderr.isatty():
+            hf_logging.disable_progress_bar()  # a weight-loading bar is for people watching, not for logs
+        device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.dtype, device)
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if cfg.load_in_4bit:
+            if not device.startswith("cuda"):
+                log.warning("4-bit without CUDA runs on bitsandbytes' CPU kernels: correct, but slow")
+            kwargs["quantization_config"] = quantization_config(dtype)
+        if device.startswith("cuda"):
+            kwargs["device_map"] = {"": device}
+        try:
+            processor = AutoProcessor.from_pretrained(cfg.model)
+            model = AutoModelForImageTextToText.from_pretrained(cfg.model, **kwargs)
+        except (OSError, ValueError, KeyError) as e:
+            raise SaviError(f"cannot load model {cfg.model!r}: {_first_line(e)}. Pass a local model folder "
+                            "(`savi tiny-model DIR` makes one) or a Hub id of a video chat model") from None
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter))
+        if not device.startswith("cuda") and not cfg.load_in_4bit:
+            model = model.to(device)
+        model.eval()
+        torch.manual_seed(cfg.seed)
+        return cls(model, processor, cfg, adapter)
+
+    def generate(self, videos: Sequence[Video], prompts: Sequence[str], *, keys: Sequence[str],
+                 max_new_tokens: int, temperature: float, top_p: float = 0.95) -> list[Generation]:
+        """Generate one answer per (video, prompt), `batch_size` at a time.
+
+        `keys` name the items. Each batch is seeded from the run seed and its first key, so rerunning the same
+        items gives the same samples whatever ran before them.
+        """
+        results: list[Generation] = []
+        start = 0
+        while start < len(prompts):
+            end = min(start + self.batch_size, len(prompts))
+            results += self._generate_halving(videos[start:end], prompts[start:end], keys[start:end],
+                                              max_new_tokens, temperature, top_p)
+            start = end
+        return results
+
+    def _generate_halving(self, videos, prompts, keys, max_new_tokens, temperature, top_p) -> list[Generation]:
+        import torch
+
+        try:
+            return self._generate_batch(videos, prompts, keys, max_new_tokens, temperature, top_p)
+        except torch.OutOfMemoryError:
+            if len(prompts) == 1:
+                raise SaviError("out of GPU memory with one prompt per batch; sample fewer or smaller frames "
+                                "(--frames, --max-side) or use --load-in-4bit") from None
+            torch.cuda.empty_cache()
+            self.batch_size = max(1, len(prompts) // 2)
+            log.warning(f"CUDA out of memory: batch size lowered to {self.batch_size}")
+            half = len(prompts) // 2
+            return (self._generate_halving(videos[:half], prompts[:half], keys[:half], max_new_tokens,
+                                           temperature, top_p)
+                    + self._generate_halving(videos[half:], prompts[half:], keys[half:], max_new_tokens,
+                                             temperature, top_p))
+
+    def _generate_batch(self, videos, prompts, keys, max_new_tokens, temperature, top_p) -> list[Generation]:
+        import torch
+        from transformers.video_utils import VideoMetadata
+
+        texts = [self.processor.apply_chat_template(chat(prompt), tokenize=False, add_generation_prompt=True)
+                 for prompt in prompts]
+        inputs = self.processor(
+            text=texts,
+            videos=[v.frames for v in videos],
+            video_metadata=[VideoMetadata(total_num_frames=v.total_frames, fps=v.fps, frames_indices=v.indices)
+                            for v in videos],
+            do_sample_frames=False,  # the frames were chosen by `savi sample`; the processor must not resample
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        ).to(self.model.device)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
+            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        torch.manual_seed(batch_seed(self.cfg.seed, keys[0]))
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
+        stops = _stop_ids(self.model, self.processor)
+        results = []
+        for row in new_tokens:
+            stop_at = next((i for i, t in enumerate(row) if t in stops), None)
+            kept = row if stop_at is None else row[:stop_at]
+            text = self.processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
+            results.append(Generation(text=text, num_tokens=len(kept), finished=stop_at is not None))
+        return results
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), max(1, size))]
+
+
+def chat(prompt: str) -> list[dict[str, Any]]:
+    """One user turn: the video, then the prompt (the order VideoSAVi and the model cards use)."""
+    return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+
+
+def batch_seed(seed: int, key: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "little")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SaviError(f"--device {device} asked for a GPU, but CUDA is not available here; use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    except KeyError:
+        raise SaviError(f"unknown --dtype {dtype!r}: use auto, bfloat16, float16 or float32") from None
+
+
+def quantization_config(compute_dtype: Any) -> Any:
+    """NF4 with double quantisation for the language model; the vision tower and output head stay in full
+    precision (they are small, and quantising them hurts more than it saves)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype,
+                              llm_int8_skip_modules=["visual", "vision_tower", "multi_modal_projector", "lm_head"])
+
+
+def _stop_ids(model: Any, processor: Any) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    for token_id in (processor.tokenizer.eos_token_id, processor.tokenizer.pad_token_id):
+        if token_id is not None:
+            ids.add(token_id)
+    return ids
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]

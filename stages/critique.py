@@ -1,0 +1,200 @@
+"""Stage `critique`: the policy judges its own answers and proposes preference pairs.
+
+critique mode (the default, VideoSAVi v3): the policy critiques each answer against the frames, naming wrong
+spatial relations, wrong order, hallucinated objects and missing details. It then writes a revised answer, and
+(revised > initial) is a candidate pair. When the critique finds no error, or the revision barely differs from
+the answer, the pair is still recorded, marked unusable with the reason.
+
+judge mode (VideoSAVi v1): the policy scores every candidate answer 1-5 for relevance, accuracy, temporal
+grounding and clarity, and each question's best answer is paired with its worst.
+
+Critiques are the resumable unit of work (one per answer). Once every answer is done, the candidate pairs are
+derived from them in one step, with no model call, into `candidates.parquet`, which `savi filter` reads.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from stages.core.config import settle_model
+from stages.core.errors import SaviError
+from stages.core.model import (
+    DEFAULT_MODEL,
+    ModelConfig,
+    Policy,
+    adapter_fingerprint,
+    adapter_for_round,
+    chunks,
+    load_video,
+)
+from stages.core.parsing import parse_critique, parse_judge, parse_revision, similarity
+from stages.core.prompts import load_prompts
+from stages.core.records import Answer, Candidate, Critique, Question
+from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, fingerprint, written_records
+
+MODES = ("critique", "judge")
+
+
+@dataclass(frozen=True)
+class CritiqueConfig:
+    mode: str = "critique"
+    """critique (VideoSAVi v3: critique, then revise) or judge (v1: score candidates 1-5, best vs worst)."""
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    """0 decodes greedily: a verdict should not depend on luck."""
+    unchanged_similarity: float = 0.9
+    """A revision at least this similar to the answer (0-1) counts as unchanged."""
+
+
+def critique_id(answer_id: str, mode: str) -> str:
+    return fingerprint([answer_id, mode])
+
+
+def run(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, *, prompts_dir: Path | None = None,
+        force: bool = False, progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
+    if cfg.mode not in MODES:
+        raise SaviError(f"unknown --mode {cfg.mode!r}: use critique or judge")
+    answers_art = run.artifact("answers", round)
+    if not answers_art.complete:
+        raise SaviError(f"round {round} of run '{run.name}' has no answers yet; "
+                        f"run `savi answer --run {run.name} --round {round}` first")
+    adapter = adapter_for_round(run, round)
+    prompt = load_prompts(prompts_dir)[cfg.mode]  # all of them: a misnamed override file is an error
+    model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL))
+    samples = {s.video_id: s for s in run.artifact("samples").read()}
+    questions: dict[str, Question] = {q.question_id: q for q in run.artifact("questions", round).read()}
+    answers: list[Answer] = answers_art.read()
+    if cfg.mode == "judge" and max(Counter(a.question_id for a in answers).values(), default=0) < 2:
+        raise SaviError("judge mode pairs the best and worst of several answers per question, but round "
+                        f"{round} has one answer per question; run `savi answer --candidates 5 --force` first")
+
+    params = {**asdict(cfg), "prompt_version": prompt.version, "model": model_cfg.model,
+              "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed}
+    art = run.artifact("critiques", round)
+    writer = ArtifactWriter(art, params=params, inputs={"answers": file_sha256(answers_art.path)}, force=force,
+                            incremental=True)
+    done_now = 0
+    if not writer.up_to_date:
+        todo = sorted((a for a in answers if critique_id(a.answer_id, cfg.mode) not in writer.done_items),
+                      key=lambda a: a.video_id)
+        done_now = len(todo)
+        tick = progress(len(todo)) if progress and todo else (lambda: None)
+        policy = Policy.load(model_cfg, adapter) if todo else None
+        try:
+            for batch in chunks(todo, model_cfg.batch_size):
+                videos = [load_video(run, samples[a.video_id]) for a in batch]
+                qs = [questions[a.question_id].text for a in batch]
+                rows = (_critique_and_revise if cfg.mode == "critique" else _judge)(
+                    policy, prompt, cfg, batch, qs, videos)
+                for row in rows:
+                    writer.add(row)
+                    tick()
+        finally:
+            writer.close()
+        critiques = written_records(art)
+        writer.finish(counts=_critique_counts(critiques))
+    critiques_manifest = art.manifest()
+
+    # The candidate pairs are a pure function of the critiques: rebuilt whenever the critiques change.
+    candidates_art = run.artifact("candidates", round)
+    inputs = {"critiques": file_sha256(art.path)}
+    previous = candidates_art.manifest() if candidates_art.complete else None
+    if previous is None or previous["inputs"] != inputs or previous["params"] != params or force:
+        pairs = derive_candidates(art.read(), {a.answer_id: a for a in answers}, questions, cfg)
+        cand_writer = ArtifactWriter(candidates_art, params=params, inputs=inputs, force=True)
+        for pair in pairs:
+            cand_writer.add(pair)
+        notes = Counter(p.note or "usable" for p in pairs)
+        cand_writer.finish(counts={"pairs": len(pairs), **dict(sorted(notes.items()))})
+    return StageResult(art.path, done_now, critiques_manifest["rows_added"] if done_now else 0, writer.up_to_date,
+                       critiques_manifest["counts"])
+
+
+def _critique_and_revise(policy: Policy, prompt, cfg: CritiqueConfig, batch: list[Answer], qs: list[str],
+                         videos) -> list[Critique]:
+    keys = [critique_id(a.answer_id, cfg.mode) for a in batch]
+    critiques = policy.generate(videos, [prompt.render("critique", question=q, answer=a.text)
+                                         for q, a in zip(qs, batch)],
+                                keys=keys, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    # Revise every answer, even when the critique found nothing: the pair is recorded (and marked unusable), so
+    # the data shows how often the policy's self-assessment and its rewrites disagree.
+    revisions = policy.generate(videos, [prompt.render("revise", question=q, answer=a.text, critique=c.text)
+                                         for q, a, c in zip(qs, batch, critiques)],
+                                keys=[f"{k}:revise" for k in keys], max_new_tokens=cfg.max_new_tokens,
+                                temperature=cfg.temperature)
+    rows = []
+    for key, a, c, r in zip(keys, batch, critiques, revisions):
+        verdict = parse_critique(c.text)
+        revised = parse_revision(r.text)
+        rows.append(Critique(key, a.answer_id, a.question_id, a.video_id, cfg.mode, c.text,
+                             found_errors=verdict.found_errors, error_types=list(verdict.error_types),
+                             revision=revised, revision_similarity=round(similarity(a.text, revised), 4),
+                             prompt_version=prompt.version, model=policy.name))
+    return rows
+
+
+def _judge(policy: Policy, prompt, cfg: CritiqueConfig, batch: list[Answer], qs: list[str], videos) -> list[Critique]:
+    keys = [critique_id(a.answer_id, cfg.mode) for a in batch]
+    outputs = policy.generate(videos, [prompt.render("judge", question=q, answer=a.text) for q, a in zip(qs, batch)],
+                              keys=keys, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    rows = []
+    for key, a, out in zip(keys, batch, outputs):
+        score = parse_judge(out.text)
+        rows.append(Critique(key, a.answer_id, a.question_id, a.video_id, cfg.mode, out.text,
+                             relevance=score.relevance, accuracy=score.accuracy,
+                             temporal_grounding=score.temporal_grounding, clarity=score.clarity,
+                             score=score.overall, prompt_version=prompt.version, model=policy.name))
+    return rows
+
+
+def derive_candidates(critiques: list[Critique], answers: dict[str, Answer], questions: dict[str, Question],
+                      cfg: CritiqueConfig) -> list[Candidate]:
+    if cfg.mode == "critique":
+        return [_revision_pair(c, answers[c.answer_id], questions[c.question_id], cfg) for c in critiques]
+    pairs = []
+    by_question: dict[str, list[Critique]] = {}
+    for c in critiques:
+        if c.score is not None:  # an unparsed verdict is no evidence either way: never guess a score
+            by_question.setdefault(c.question_id, []).append(c)
+    for question_id, judged in sorted(by_question.items()):
+        if len(judged) < 2:
+            continue
+        ranked = sorted(judged, key=lambda c: (-c.score, c.answer_id))
+        best, worst = ranked[0], ranked[-1]
+        tie = best.score == worst.score
+        pairs.append(Candidate(
+            pair_id=fingerprint([question_id, best.answer_id, worst.answer_id]), video_id=best.video_id,
+            question_id=question_id, question=questions[question_id].text, chosen=answers[best.answer_id].text,
+            rejected=answers[worst.answer_id].text, chosen_source=best.answer_id, rejected_source=worst.answer_id,
+            critique_id=None, mode="judge", chosen_score=best.score, rejected_score=worst.score, usable=not tie,
+            note="tie" if tie else None))
+    return pairs
+
+
+def _revision_pair(c: Critique, answer: Answer, question: Question, cfg: CritiqueConfig) -> Candidate:
+    revision = c.revision or ""
+    if not c.text.strip():
+        note = "empty_critique"
+    elif not c.found_errors:
+        note = "no_errors"
+    elif not revision:
+        note = "empty_revision"
+    elif (c.revision_similarity or 0.0) >= cfg.unchanged_similarity:
+        note = "revision_unchanged"
+    else:
+        note = None
+    return Candidate(pair_id=fingerprint([c.critique_id, revision, answer.text]), video_id=c.video_id,
+                     question_id=c.question_id, question=question.text, chosen=revision, rejected=answer.text,
+                     chosen_source="revision", rejected_source=answer.answer_id, critique_id=c.critique_id,
+                     mode="critique", chosen_score=None, rejected_score=None, usable=note is None, note=note)
+
+
+def _critique_counts(critiques: list[Critique]) -> dict[str, int]:
+    if not critiques or critiques[0].mode == "critique":
+        return {"critiques": len(critiques), "found_errors": sum(bool(c.found_errors) for c in critiques),
+                "no_errors": sum(c.found_errors is False for c in critiques)}
+    return {"judged": len(critiques), "scored": sum(c.score is not None for c in critiques),
+            "unparsed": sum(c.score is None for c in critiques)}
