@@ -1,0 +1,120 @@
+"""The model runtime on tiny real models: batching, the round-r policy, 4-bit, OOM halving, clear errors."""
+
+import logging
+
+import pytest
+import torch
+
+from stages.core.config import read_config, settle_model
+from stages.core.errors import SaviError
+from stages.core.model import ModelConfig, Policy, adapter_for_round, load_video
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["What moves in the video?", "Which colour is the square?", "Where does the shape go at the end?"]
+
+
+def videos_of(run):
+    return [load_video(run, s) for s in run.artifact("samples").read()]
+
+
+def generate(policy, videos, temperature=0.0, max_new_tokens=12):
+    return policy.generate(videos, PROMPTS, keys=[f"k{i}" for i in range(3)], max_new_tokens=max_new_tokens,
+                           temperature=temperature)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_batched_generation_with_left_padding_equals_one_at_a_time(family, tiny_model, sampled_run):
+    videos = videos_of(sampled_run)
+    batched = generate(Policy.load(ModelConfig(model=str(tiny_model(family)), batch_size=3)), videos)
+    single = generate(Policy.load(ModelConfig(model=str(tiny_model(family)), batch_size=1)), videos)
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.num_tokens for g in batched] == [g.num_tokens for g in single]
+    assert all(0 < g.num_tokens <= 12 for g in batched)
+
+
+def test_sampling_is_reproducible_per_item_key(tiny_model, sampled_run):
+    policy = Policy.load(ModelConfig(model=str(tiny_model()), batch_size=3))
+    videos = videos_of(sampled_run)
+    first = generate(policy, videos, temperature=1.0)
+    again = generate(policy, videos, temperature=1.0)
+    assert first == again
+    other_keys = policy.generate(videos, PROMPTS, keys=["x0", "x1", "x2"], max_new_tokens=12, temperature=1.0)
+    assert other_keys != first
+
+
+def test_the_round_2_policy_is_the_base_plus_round_1s_adapter(tiny_model, sampled_run):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    with pytest.raises(SaviError, match=r"round 2 starts from the policy trained in round 1.*savi dpo --run t "
+                                        r"--round 1"):
+        adapter_for_round(sampled_run, 2)
+    assert adapter_for_round(sampled_run, 1) is None
+
+    # A round-1 adapter with non-zero weights, saved where `savi dpo --round 1` puts it.
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model())
+    torch.manual_seed(0)
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, init_lora_weights=False,
+                                           target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    lora.save_pretrained(sampled_run.round_dir(1) / "adapter")
+
+    adapter = adapter_for_round(sampled_run, 2)
+    assert adapter == sampled_run.round_dir(1) / "adapter"
+    videos = videos_of(sampled_run)
+    base_out = generate(Policy.load(ModelConfig(model=str(tiny_model()))), videos)
+    policy = Policy.load(ModelConfig(model=str(tiny_model())), adapter)
+    assert policy.name.endswith("+round=1")
+    assert [g.text for g in generate(policy, videos)] != [g.text for g in base_out]
+
+
+def test_cuda_out_of_memory_halves_the_batch_and_loses_nothing(tiny_model, sampled_run, monkeypatch):
+    policy = Policy.load(ModelConfig(model=str(tiny_model()), batch_size=3))
+    videos = videos_of(sampled_run)
+    expected = generate(policy, videos)
+    real = Policy._generate_batch
+
+    def tight_memory(self, videos, prompts, *args):
+        if len(prompts) > 1:  # pretend a GPU that only fits one prompt at a time
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(self, videos, prompts, *args)
+
+    monkeypatch.setattr(Policy, "_generate_batch", tight_memory)
+    assert generate(policy, videos) == expected
+    assert policy.batch_size == 1
+
+    monkeypatch.setattr(Policy, "_generate_batch", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError()))
+    with pytest.raises(SaviError, match="out of GPU memory with one prompt per batch"):
+        generate(policy, videos)
+
+
+def test_4bit_loads_and_generates_on_cpu_with_a_warning(tiny_model, sampled_run, caplog):
+    import bitsandbytes as bnb
+
+    with caplog.at_level(logging.WARNING, logger="savi"):
+        policy = Policy.load(ModelConfig(model=str(tiny_model()), load_in_4bit=True))
+    assert "4-bit without CUDA runs on bitsandbytes' CPU kernels" in caplog.text
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.model.modules())
+    outputs = generate(policy, videos_of(sampled_run))
+    assert all(g.num_tokens > 0 for g in outputs)
+
+
+def test_an_unknown_model_is_one_clear_error(tmp_path):
+    with pytest.raises(SaviError, match=r"cannot load model '.*nowhere'.*savi tiny-model DIR"):
+        Policy.load(ModelConfig(model=str(tmp_path / "nowhere")))
+
+
+def test_asking_for_a_gpu_without_one_is_a_clear_error(tiny_model):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SaviError, match="CUDA is not available here; use --device cpu"):
+        Policy.load(ModelConfig(model=str(tiny_model()), device="cuda"))
+
+
+def test_a_run_keeps_one_model(sampled_run, tiny_model):
+    folder = str(tiny_model())
+    assert settle_model(sampled_run, folder, "default/model") == folder
+    assert read_config(sampled_run)["model"]["id"] == folder
+    assert settle_model(sampled_run, None, "default/model") == folder
+    with pytest.raises(SaviError, match=r"run 't' aligns .* start a new run for 'other/model'"):
+        settle_model(sampled_run, "other/model", "default/model")
