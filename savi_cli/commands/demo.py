@@ -15,7 +15,8 @@ def demo(
     """Run savi offline on generated videos with a tiny model: no GPU, no download.
 
     Writes example videos (including a rotated, a variable-frame-rate and several broken ones), builds a tiny
-    random model, samples the videos, and shows what the run holds.
+    random model, samples the videos, runs round 1's questions, answers and critiques, and shows what the run
+    holds.
 
     Example:
 
@@ -32,9 +33,19 @@ def demo(
         result.workspace)
     typer.echo(f"\nSampled videos ({result.samples.path}):\n")
     typer.echo(format_table(columns, rows))
+    typer.echo("Round 1, written by the policy itself:\n")
+    typer.echo(format_table(["stage", "table", "counts"],
+                            [(name, r.path.name, ", ".join(f"{k} {v}" for k, v in r.counts.items()))
+                             for name, r in result.stages.items()]))
+    columns, rows = run_query("select q.kind, q.text as question, c.chosen as revised, c.note from candidates c "
+                              "join questions q using (question_id, run, round) order by c.pair_id limit 3",
+                              result.workspace)
+    typer.echo("A few candidate pairs (revised answer preferred over the initial one):\n")
+    typer.echo(format_table(columns, rows))
+    typer.echo("The tiny model writes meaningless text: it is random, and there only to run the real code path.")
+    typer.echo(f"With a real model (a GPU and --model Qwen/Qwen2.5-VL-7B-Instruct) the same tables hold real "
+               f"questions, answers and critiques. Model used here: {result.model}\n")
     workspace = result.workspace
-    typer.echo("The tiny model writes meaningless text: it is random. It is there to run the real code path.")
-    typer.echo(f"Model: {result.model}\n")
     typer.echo("Look further:")
     typer.echo(f"  savi status -w {workspace}")
-    typer.echo(f"  savi query \"select status, count(*) from samples group by 1\" -w {workspace}")
+    typer.echo(f"  savi query \"select note, count(*) from candidates group by 1\" -w {workspace}")
