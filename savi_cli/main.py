@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from savi_cli.commands import answer, ask, critique, demo, query, sample, status, tiny_model
+from savi_cli.commands import answer, ask, critique, demo, dpo, query, sample, status, tiny_model
 
 app = typer.Typer(
     name="savi",
@@ -32,6 +32,7 @@ app.command("sample")(sample.sample)
 app.command("ask")(ask.ask)
 app.command("answer")(answer.answer)
 app.command("critique")(critique.critique)
+app.command("dpo")(dpo.dpo)
 app.command("query")(query.query)
 app.command("status")(status.status)
 app.command("tiny-model")(tiny_model.tiny_model)

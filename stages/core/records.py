@@ -127,6 +127,40 @@ class Candidate:
     note: str | None
 
 
+@dataclass(slots=True)
+class Pair:
+    """A candidate pair after CLIP filtering. Key: `pair_id`. Kept pairs train the policy; dropped ones stay in
+    the table with their `drop_reason`, so every drop can be counted and inspected."""
+
+    pair_id: str
+    video_id: str
+    question_id: str
+    question: str
+    chosen: str
+    rejected: str
+    chosen_clip: float | None  # CLIP grounding of each text in the video (None: not scored, dropped earlier)
+    rejected_clip: float | None
+    swapped: bool  # CLIP found the rejected text more grounded, so the roles were exchanged
+    mode: str
+    kept: bool
+    drop_reason: str | None
+
+
+@dataclass(slots=True)
+class TrainStep:
+    """One logged optimizer step of `savi dpo`. Key: `step`."""
+
+    step: int
+    epoch: float
+    loss: float | None
+    reward_accuracy: float | None
+    reward_margin: float | None
+    chosen_reward: float | None
+    rejected_reward: float | None
+    learning_rate: float | None
+    grad_norm: float | None
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A table: its records, the key that identifies a row, and the item column naming the unit of work that
@@ -160,7 +194,10 @@ ANSWERS = TableSpec("answers", 1, Answer, key="answer_id", order=("video_id", "q
 CRITIQUES = TableSpec("critiques", 1, Critique, key="critique_id", order=("video_id", "question_id", "answer_id"))
 CANDIDATES = TableSpec("candidates", 1, Candidate, key="pair_id", order=("video_id", "question_id", "pair_id"))
 
-TABLES = {spec.name: spec for spec in (SAMPLES, QUESTIONS, ANSWERS, CRITIQUES, CANDIDATES)}
+PAIRS = TableSpec("pairs", 1, Pair, key="pair_id", order=("video_id", "question_id", "pair_id"))
+TRAIN_LOG = TableSpec("train_log", 1, TrainStep, key="step", order=("step",))
+
+TABLES = {spec.name: spec for spec in (SAMPLES, QUESTIONS, ANSWERS, CRITIQUES, CANDIDATES, PAIRS, TRAIN_LOG)}
 
 
 def to_arrow(spec: TableSpec, records: list[Any]) -> pa.Table:

@@ -1,0 +1,389 @@
+"""Stage `dpo`: train round r's policy on the kept pairs with 4-bit DPO (QLoRA) and a video collator.
+
+The setup:
+- The base model is loaded in 4-bit NF4 (bitsandbytes); `--no-4bit` loads it in full precision instead.
+- LoRA (peft) goes on the language model's linear layers only, so the vision tower stays frozen.
+- trl's stock DPOTrainer runs with savi's video collator (trl's own collator handles images only).
+- Gradient checkpointing is on, with paged 8-bit AdamW on CUDA (plain AdamW on CPU, where paged memory does not
+  exist).
+
+One adapter per run, continued round after round. Round 1 trains a new LoRA adapter against the base model
+(adapters disabled). Round r > 1 loads round r-1's adapter as the trainable one, and trl keeps a frozen copy of
+it as the reference. So the reference is always the starting policy M(r-1), and only one copy of the base weights
+is ever in memory. The adapter saved in `round=<r>/adapter/` is the whole of M(r).
+
+Losses:
+- `sigmoid` is standard DPO: L = -log σ(β·Δ), where Δ = [log π(y_w) - log π_ref(y_w)] - [log π(y_l) - log π_ref(y_l)].
+- `clip-weighted` is a CLIP-adjusted DPO that adds a grounding margin:
+      L = -log σ(β·Δ - γ·(s_w - s_l))
+  where s_w and s_l are the CLIP scores of the chosen and rejected texts (after the filter's swap, s_w >= s_l
+  up to the swap margin). A pair whose chosen answer is much better grounded than its rejected one must be won
+  by a wider reward margin before its loss vanishes. γ = 0 gives back standard DPO.
+
+A crash resumes from the last checkpoint (`round=<r>/.checkpoints/`). The training log (loss, reward accuracy and
+margins per step) is a table, `round=<r>/train_log.parquet`, that `savi query` sees.
+
+This module imports trl and transformers at the top: it is the training script, imported only to train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from transformers import PrinterCallback, TrainerCallback
+from trl import DPOTrainer
+
+from stages.core.config import CONFIG_NAME, read_config, settle_model
+from stages.core.errors import SaviError
+from stages.core.model import (
+    DEFAULT_MODEL,
+    ModelConfig,
+    adapter_fingerprint,
+    adapter_for_round,
+    load_video,
+    quantization_config,
+    resolve_device,
+    resolve_dtype,
+)
+from stages.core.records import Pair, Sample, TrainStep
+from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, written_records
+
+log = logging.getLogger("savi")
+
+LOSSES = ("sigmoid", "clip-weighted")
+# The language model's projections; the vision tower and the output head are left alone (trl refuses lm_head).
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    beta: float = 0.1
+    """DPO temperature: how far the policy may move from the reference."""
+    loss: str = "sigmoid"
+    """sigmoid (standard DPO) or clip-weighted (adds a CLIP grounding margin, see the module docstring)."""
+    clip_gamma: float = 10.0
+    """γ of clip-weighted: reward margin demanded per unit of CLIP score gap."""
+    learning_rate: float = 5e-6
+    epochs: float = 1.0
+    batch_size: int = 1
+    """Pairs per device step."""
+    grad_accum: int = 8
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: train for `epochs`)."""
+    save_steps: int = 50
+    """Checkpoint every this many steps, for resuming after a crash."""
+    gradient_checkpointing: bool = True
+
+
+def resolve_config(run: Run, flags: dict[str, Any]) -> TrainConfig:
+    """TrainConfig's defaults, then the run's `[dpo]` section of savi.toml, then the flags that were given."""
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    from_file = read_config(run).get("dpo", {})
+    unknown = sorted(set(from_file) - set(fields))
+    if unknown:
+        raise SaviError(f"unknown setting {', '.join(unknown)} in [dpo] of {run.path / CONFIG_NAME}; "
+                        f"known: {', '.join(fields)}")
+    given = {k: v for k, v in flags.items() if v is not None}
+    return TrainConfig(**{**from_file, **given})
+
+
+def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force: bool = False,
+        progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
+    if cfg.loss not in LOSSES:
+        raise SaviError(f"unknown --loss {cfg.loss!r}: use sigmoid or clip-weighted")
+    pairs_art = run.artifact("pairs", round)
+    if not pairs_art.complete:
+        raise SaviError(f"round {round} of run '{run.name}' has no pairs yet; "
+                        f"run `savi filter --run {run.name} --round {round}` first")
+    pairs = [p for p in pairs_art.read() if p.kept]
+    if not pairs:
+        raise SaviError(f"round {round} of run '{run.name}' kept no pairs to train on (see `savi query \"select "
+                        f"drop_reason, count(*) from pairs where round = {round} group by 1\"`)")
+    previous = adapter_for_round(run, round)
+    model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL))
+
+    round_dir = run.round_dir(round)
+    adapter_dir, checkpoints = round_dir / "adapter", round_dir / ".checkpoints"
+    params = {**asdict(cfg), "model": model_cfg.model, "load_in_4bit": model_cfg.load_in_4bit,
+              "seed": model_cfg.seed, "starts_from": adapter_fingerprint(previous)}
+    inputs = {"pairs": file_sha256(pairs_art.path)}
+    log_art = run.artifact("train_log", round)
+    if force:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+    writer = ArtifactWriter(log_art, params=params, inputs=inputs, force=force)
+    if writer.up_to_date and (adapter_dir / "adapter_config.json").is_file():
+        return StageResult(adapter_dir, 0, 0, True, log_art.manifest()["counts"])
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # checkpointing renames
+    samples = {s.video_id: s for s in run.artifact("samples").read()}
+    trainer = build_trainer(run, samples, pairs, cfg, model_cfg, previous, checkpoints, writer, progress)
+    last = _last_checkpoint(checkpoints)
+    try:
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
+    finally:
+        writer.close()
+    final = trainer.evaluate(eval_dataset=trainer.train_dataset, metric_key_prefix="final")
+    _save_adapter(trainer.model, adapter_dir)
+
+    steps = written_records(log_art)
+    counts = {"pairs": len(pairs), "steps": max((s.step for s in steps), default=0),
+              "final_reward_accuracy": _metric(final, "rewards/accuracies"),
+              "final_reward_margin": _metric(final, "rewards/margins"),
+              "final_loss": _metric(final, "loss")}
+    writer.finish(counts=counts, notes={"adapter": str(adapter_dir), "resumed_from_checkpoint": str(last or "")})
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return StageResult(adapter_dir, len(pairs), len(steps), False, counts)
+
+
+def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: TrainConfig,
+                  model_cfg: ModelConfig, previous: Path | None, output_dir: Path, writer: ArtifactWriter | None,
+                  progress: Callable[[int], Callable[[], None]] | None = None):
+    """The DPOTrainer for these pairs, ready to `train()`. Separate from `run` so tests can inspect it."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import DPOConfig
+
+    device = resolve_device(model_cfg.device)
+    on_gpu = device.startswith("cuda")
+    dtype = resolve_dtype(model_cfg.dtype, device)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if model_cfg.load_in_4bit:
+        if not on_gpu:
+            log.warning("4-bit training without CUDA runs on bitsandbytes' CPU kernels: correct, but slow")
+        kwargs["quantization_config"] = quantization_config(dtype)
+    if on_gpu:
+        kwargs["device_map"] = {"": device}
+    try:
+        processor = AutoProcessor.from_pretrained(model_cfg.model)
+        model = AutoModelForImageTextToText.from_pretrained(model_cfg.model, **kwargs)
+    except (OSError, ValueError) as e:
+        raise SaviError(f"cannot load model {model_cfg.model!r}: {str(e).splitlines()[0][:300]}") from None
+
+    peft_config = None
+    if previous is None:
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    else:
+        # The trainable adapter starts as M(r-1); trl copies it into a frozen "ref" adapter for the reference.
+        model = PeftModel.from_pretrained(model, str(previous), is_trainable=True)
+
+    with_gap = cfg.loss == "clip-weighted"
+    dataset = Dataset.from_list([preference_row(p, with_gap) for p in pairs])
+    args = DPOConfig(
+        output_dir=str(output_dir),
+        beta=cfg.beta,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        optim="paged_adamw_8bit" if on_gpu else "adamw_torch",
+        bf16=on_gpu and dtype == torch.bfloat16,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        remove_unused_columns=False,  # the collator needs video_id (and clip_gap)
+        max_length=None,  # truncating would cut video tokens out of the prompt
+        report_to=[],
+        seed=model_cfg.seed,
+        disable_tqdm=True,
+        use_cpu=not on_gpu,
+    )
+    callbacks = [TrainLogCallback(writer, progress)] if writer is not None else []
+    trainer = VideoDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                              peft_config=peft_config, data_collator=VideoPreferenceCollator(processor, run, samples),
+                              callbacks=callbacks, clip_gamma=cfg.clip_gamma if with_gap else 0.0)
+    trainer.remove_callback(PrinterCallback)  # it prints metric dicts to stdout, which carries only the path
+    return trainer
+
+
+def preference_row(pair: Pair, with_gap: bool) -> dict[str, Any]:
+    """trl's conversational preference format. The empty `images` list only tells trl that this is a vision
+    dataset (so it keeps the raw rows for the collator); the frames come from the run, by video_id."""
+    row = {
+        "prompt": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": pair.question}]}],
+        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": pair.chosen}]}],
+        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": pair.rejected}]}],
+        "images": [],
+        "video_id": pair.video_id,
+    }
+    if with_gap:
+        row["clip_gap"] = float((pair.chosen_clip or 0.0) - (pair.rejected_clip or 0.0))
+    return row
+
+
+class VideoPreferenceCollator:
+    """Turns preference rows into a DPO batch: [chosen rows | rejected rows], each prompt with its video.
+
+    It does for videos what trl's vision collator does for images. The prompt (with the video) is processed once
+    for each half, left-padded. The completions are tokenized alone, right-padded, and appended. A
+    completion_mask marks the answer tokens, whose log-probabilities DPO compares.
+    """
+
+    def __init__(self, processor: Any, run: Run, samples: dict[str, Sample]):
+        self.processor, self.run, self.samples = processor, run, samples
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+        from transformers.video_utils import VideoMetadata
+        from trl.trainer.utils import flush_left, pad
+
+        videos = [load_video(self.run, self.samples[e["video_id"]]) for e in examples] * 2
+        prompts = [self._render(e["prompt"], add_generation_prompt=True) for e in examples] * 2
+        completions = [self._completion(e, key) for key in ("chosen", "rejected") for e in examples]
+        processed = self.processor(
+            text=prompts,
+            videos=[v.frames for v in videos],
+            video_metadata=[VideoMetadata(total_num_frames=v.total_frames, fps=v.fps, frames_indices=v.indices)
+                            for v in videos],
+            do_sample_frames=False,
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,  # the chat template already has them
+            return_tensors="pt",
+        )
+        tokenizer = self.processor.tokenizer
+        half = len(examples)
+        tokens = [tokenizer(completions[:half], padding=True, padding_side="right", add_special_tokens=False,
+                            return_tensors="pt"),
+                  tokenizer(completions[half:], padding=True, padding_side="right", add_special_tokens=False,
+                            return_tensors="pt")]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        completion_ids = torch.cat(tuple(pad([t["input_ids"] for t in tokens], padding_value=pad_id)))
+        completion_mask = torch.cat(tuple(pad([t["attention_mask"] for t in tokens], padding_value=0)))
+
+        prompt_ids, prompt_mask = processed.pop("input_ids"), processed.pop("attention_mask")
+        batch = dict(processed)
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        completion_mask = torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)
+        # Move the left padding of the prompts to the right, so each row starts at column 0.
+        if "mm_token_type_ids" in processed:
+            mm = torch.cat([processed["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
+            attention_mask, input_ids, completion_mask, mm = flush_left(attention_mask, input_ids, completion_mask,
+                                                                        mm)
+            batch["mm_token_type_ids"] = mm
+        else:
+            attention_mask, input_ids, completion_mask = flush_left(attention_mask, input_ids, completion_mask)
+        batch.update(input_ids=input_ids, attention_mask=attention_mask, completion_mask=completion_mask)
+        if "clip_gap" in examples[0]:
+            batch["clip_gap"] = torch.tensor([e["clip_gap"] for e in examples], dtype=torch.float32)
+        return batch
+
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
+        return self.processor.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def _completion(self, example: dict[str, Any], key: str) -> str:
+        """The assistant turn as the chat template writes it (answer plus end-of-turn tokens)."""
+        prompt = self._render(example["prompt"], add_generation_prompt=True)
+        full = self._render(example["prompt"] + example[key])
+        if not full.startswith(prompt):
+            raise SaviError("this model's chat template renders a conversation differently from its prompt, so "
+                            "savi cannot find where the answer starts")
+        return full[len(prompt):]
+
+
+class VideoDPOTrainer(DPOTrainer):
+    """trl's DPOTrainer, plus the clip-weighted loss. With clip_gamma = 0 it is the stock trainer."""
+
+    def __init__(self, *args, clip_gamma: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clip_gamma = clip_gamma
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        gap = inputs.pop("clip_gap", None)
+        if gap is None or self.clip_gamma == 0:
+            return super()._compute_loss(model, inputs, return_outputs)
+        return self._clip_margin_loss(model, inputs, gap, return_outputs)
+
+    def _clip_margin_loss(self, model, inputs, gap, return_outputs):
+        import torch
+        import torch.nn.functional as F
+        from trl.trainer.utils import use_adapter
+
+        mode = "train" if self.model.training else "eval"
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        model_inputs = {k: v for k, v in inputs.items() if k != "completion_mask"}
+        seq_len = completion_mask.size(1) - 1
+        # trl's fused head returns each label token's log-probability (0 where the label is masked).
+        logps = model(**model_inputs, labels=labels, use_cache=False, fused_lm_head=True).log_probs
+        logps = logps[:, -seq_len:].sum(dim=1)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad(), use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None):
+            ref = self.model(**model_inputs, labels=labels, use_cache=False, fused_lm_head=True).log_probs
+        ref = ref[:, -seq_len:].sum(dim=1)
+        chosen, rejected = logps.chunk(2)
+        ref_chosen, ref_rejected = ref.chunk(2)
+        delta = (chosen - ref_chosen) - (rejected - ref_rejected)
+        loss = -F.logsigmoid(self.beta * delta - self.clip_gamma * gap.to(delta.device, delta.dtype)).mean()
+
+        chosen_rewards = self.beta * (chosen - ref_chosen).detach()
+        rejected_rewards = self.beta * (rejected - ref_rejected).detach()
+        self._metrics[mode]["rewards/chosen"].append(chosen_rewards.mean().item())
+        self._metrics[mode]["rewards/rejected"].append(rejected_rewards.mean().item())
+        self._metrics[mode]["rewards/accuracies"].append((chosen_rewards > rejected_rewards).float().mean().item())
+        self._metrics[mode]["rewards/margins"].append((chosen_rewards - rejected_rewards).mean().item())
+        self._metrics[mode]["clip_gap"].append(gap.mean().item())
+        return (loss, None) if return_outputs else loss
+
+
+class TrainLogCallback(TrainerCallback):
+    """Writes every logged training step to the round's train_log table as it happens."""
+
+    def __init__(self, writer: ArtifactWriter, progress: Callable[[int], Callable[[], None]] | None):
+        self.writer, self.progress, self.tick = writer, progress, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.progress:
+            self.tick = self.progress(max(0, state.max_steps - state.global_step))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs or state.global_step in self.writer.done_items:
+            return
+        self.writer.add(TrainStep(step=state.global_step, epoch=float(logs.get("epoch", state.epoch or 0.0)),
+                                  loss=logs.get("loss"), reward_accuracy=logs.get("rewards/accuracies"),
+                                  reward_margin=logs.get("rewards/margins"), chosen_reward=logs.get("rewards/chosen"),
+                                  rejected_reward=logs.get("rewards/rejected"),
+                                  learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm")))
+        if self.tick:
+            self.tick()
+
+
+def _metric(metrics: dict[str, float], key: str) -> float | None:
+    """A metric of the final pass over the training pairs (trl names its own metrics eval_*)."""
+    value = metrics.get(f"final_{key}", metrics.get(f"eval_{key}"))
+    return None if value is None else round(float(value), 4)
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    checkpoints = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(checkpoints, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _save_adapter(model: Any, adapter_dir: Path) -> None:
+    """Save the trained adapter only (not trl's "ref" copy), into place in one rename."""
+    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), selected_adapters=["default"])
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    os.rename(tmp, adapter_dir)
