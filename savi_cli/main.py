@@ -6,10 +6,11 @@ Command modules import only Typer at the top; the engine (and torch) is imported
 
 import logging
 import sys
+import warnings
 
 import typer
 
-from savi_cli.commands import answer, ask, critique, demo, dpo, query, sample, status, tiny_model
+from savi_cli.commands import answer, ask, critique, demo, dpo, export, filter, query, sample, status, tiny_model
 
 app = typer.Typer(
     name="savi",
@@ -26,14 +27,19 @@ app = typer.Typer(
 def main() -> None:
     # Stages log warnings (4-bit on CPU, batch size lowered); show them as plain lines on stderr.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="warning: %(message)s")
+    # Deprecation notices from inside transformers/peft are for their developers; a savi user cannot act on them.
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 app.command("sample")(sample.sample)
 app.command("ask")(ask.ask)
 app.command("answer")(answer.answer)
 app.command("critique")(critique.critique)
+app.command("filter")(filter.filter)
 app.command("dpo")(dpo.dpo)
 app.command("query")(query.query)
 app.command("status")(status.status)
 app.command("tiny-model")(tiny_model.tiny_model)
+app.command("tiny-clip")(tiny_model.tiny_clip)
 app.command("demo")(demo.demo)
+app.add_typer(export.app, name="export")

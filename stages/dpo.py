@@ -50,6 +50,7 @@ from stages.core.model import (
     adapter_for_round,
     load_video,
     quantization_config,
+    quiet_transformers,
     resolve_device,
     resolve_dtype,
 )
@@ -157,6 +158,7 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import DPOConfig
 
+    quiet_transformers()
     device = resolve_device(model_cfg.device)
     on_gpu = device.startswith("cuda")
     dtype = resolve_dtype(model_cfg.dtype, device)

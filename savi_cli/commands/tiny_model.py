@@ -27,3 +27,22 @@ def tiny_model(
     if family not in FAMILIES:
         raise SaviError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     typer.echo(str(build_tiny_model(out_dir, family=family, seed=seed)))
+
+
+@user_errors
+def tiny_clip(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the CLIP model into.")],
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Build a tiny, randomly initialised CLIP offline, for `savi filter` without a download.
+
+    Its scores are meaningless, but the real loading and scoring path runs. Pass it as
+    --clip-model local-dir:OUT_DIR.
+
+    Example:
+
+        savi tiny-clip models/tiny-clip
+    """
+    from stages.core.clip import build_tiny_clip
+
+    typer.echo(str(build_tiny_clip(out_dir, seed=seed)))

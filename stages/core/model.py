@@ -117,11 +117,8 @@ class Policy:
             raise ValueError("ModelConfig.model must be resolved before loading")
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()  # generation-config chatter; real problems still raise
-        if not sys.stderr.isatty():
-            hf_logging.disable_progress_bar()  # a weight-loading bar is for people watching, not for logs
+        quiet_transformers()
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         kwargs: dict[str, Any] = {"dtype": dtype}
@@ -211,6 +208,14 @@ class Policy:
             text = self.processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
             results.append(Generation(text=text, num_tokens=len(kept), finished=stop_at is not None))
         return results
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # generation-config chatter; real problems still raise
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()  # a weight-loading bar is for people watching, not for logs
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -1,0 +1,115 @@
+"""Stage `filter`: keep the candidate pairs worth training on, grounded in the frames by CLIP.
+
+Rules, in order; the first that applies names the pair's drop reason:
+1. The critique's own verdict: a pair the critique stage marked unusable keeps its reason (`no_errors`,
+   `revision_unchanged`, `empty_critique`, `empty_revision`, `tie`).
+2. `empty_text`: the chosen or the rejected text is empty.
+3. `near_duplicate`: the two texts are at least `near_duplicate` similar (0-1), so there is nothing to prefer.
+4. `length_ratio`: one text is more than `max_length_ratio` times longer than the other. DPO readily learns
+   "longer is better" from such pairs, whatever their content.
+5. CLIP swap: if the rejected text is more grounded in the video than the chosen one by more than
+   `swap_margin`, the two exchange roles (VideoSAVi's grounding check). The pair is kept, marked `swapped`.
+6. `low_clip_margin`: after any swap, chosen-minus-rejected CLIP score below `min_clip_margin`.
+
+CLIP scores only the pairs that survive rules 1-4. Frame embeddings come from the run's cache (`stages/core/clip.py`),
+so every round after the first, and eval, pays only for the text.
+Every pair lands in `pairs.parquet`: kept ones with their CLIP scores, dropped ones with their reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from stages.core.clip import ClipConfig, ClipScorer
+from stages.core.errors import SaviError
+from stages.core.parsing import similarity
+from stages.core.records import Candidate, Pair
+from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, written_records
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    swap_margin: float = 0.0
+    """Swap when the rejected text's CLIP score beats the chosen one's by more than this."""
+    min_clip_margin: float = 0.0
+    """Drop pairs whose chosen-minus-rejected CLIP score (after swapping) is below this."""
+    near_duplicate: float = 0.9
+    """Drop pairs whose two texts are at least this similar (0-1)."""
+    max_length_ratio: float = 3.0
+    """Drop pairs where one text is more than this many times longer than the other."""
+
+
+def text_rule(pair: Candidate, cfg: FilterConfig) -> str | None:
+    """Rules 1-4, which need no model: the drop reason, or None to go on to CLIP."""
+    if not pair.usable:
+        return pair.note or "unusable"
+    if not pair.chosen.strip() or not pair.rejected.strip():
+        return "empty_text"
+    if similarity(pair.chosen, pair.rejected) >= cfg.near_duplicate:
+        return "near_duplicate"
+    shorter, longer = sorted((len(pair.chosen), len(pair.rejected)))
+    if longer > cfg.max_length_ratio * shorter:
+        return "length_ratio"
+    return None
+
+
+def grounding_rule(pair: Candidate, chosen_clip: float, rejected_clip: float, cfg: FilterConfig) -> Pair:
+    """Rules 5-6: swap if the rejected text is clearly better grounded, then check the margin."""
+    swapped = rejected_clip > chosen_clip + cfg.swap_margin
+    chosen, rejected = (pair.rejected, pair.chosen) if swapped else (pair.chosen, pair.rejected)
+    if swapped:
+        chosen_clip, rejected_clip = rejected_clip, chosen_clip
+    reason = "low_clip_margin" if chosen_clip - rejected_clip < cfg.min_clip_margin else None
+    return Pair(pair.pair_id, pair.video_id, pair.question_id, pair.question, chosen, rejected, chosen_clip,
+                rejected_clip, swapped, pair.mode, kept=reason is None, drop_reason=reason)
+
+
+def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force: bool = False,
+        progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
+    candidates_art = run.artifact("candidates", round)
+    if not candidates_art.complete:
+        raise SaviError(f"round {round} of run '{run.name}' has no candidate pairs yet; "
+                        f"run `savi critique --run {run.name} --round {round}` first")
+    candidates: list[Candidate] = candidates_art.read()
+    params = {**asdict(cfg), "clip": asdict(clip_cfg)}
+    params["clip"].pop("device")
+    params["clip"].pop("batch_size")  # speed, not results
+    art = run.artifact("pairs", round)
+    writer = ArtifactWriter(art, params=params, inputs={"candidates": file_sha256(candidates_art.path)},
+                            force=force, incremental=True)
+    if writer.up_to_date:
+        return StageResult(art.path, 0, 0, True, art.manifest()["counts"])
+
+    todo = [c for c in candidates if c.pair_id not in writer.done_items]
+    tick = progress(len(todo)) if progress and todo else (lambda: None)
+    to_score = []
+    try:
+        for pair in todo:
+            reason = text_rule(pair, cfg)
+            if reason is None:
+                to_score.append(pair)
+                continue
+            writer.add(Pair(pair.pair_id, pair.video_id, pair.question_id, pair.question, pair.chosen,
+                            pair.rejected, None, None, False, pair.mode, kept=False, drop_reason=reason))
+            tick()
+        if to_score:
+            scorer = ClipScorer.load(clip_cfg)
+            samples = {s.video_id: s for s in run.artifact("samples").read()}
+            # One video at a time: its frames are embedded (or read from the cache) once for all its pairs.
+            for video_id in sorted({p.video_id for p in to_score}):
+                pairs = [p for p in to_score if p.video_id == video_id]
+                scores = scorer.score_texts(run, samples[video_id], [t for p in pairs for t in (p.chosen, p.rejected)])
+                for i, pair in enumerate(pairs):
+                    writer.add(grounding_rule(pair, scores[2 * i], scores[2 * i + 1], cfg))
+                    tick()
+    finally:
+        writer.close()
+
+    rows: list[Pair] = written_records(art)
+    dropped = Counter(p.drop_reason for p in rows if not p.kept)
+    counts = {"candidates": len(rows), "kept": sum(p.kept for p in rows), "swapped": sum(p.swapped for p in rows),
+              **{f"dropped_{reason}": n for reason, n in sorted(dropped.items())}}
+    manifest = writer.finish(counts=counts)
+    return StageResult(art.path, len(todo), manifest["rows_added"], False, counts)
