@@ -358,6 +358,10 @@ class TrainLogCallback(TrainerCallback):
         if self.progress:
             self.tick = self.progress(max(0, state.max_steps - state.global_step))
 
+    def on_save(self, args, state, control, **kwargs):
+        # A resumed run restarts after this checkpoint, so every step up to it must be on disk now.
+        self.writer.flush()
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if "loss" not in logs or state.global_step in self.writer.done_items:

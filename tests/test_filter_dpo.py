@@ -1,0 +1,289 @@
+"""`savi filter`, `savi export pairs` and `savi dpo` on tiny real models (VLM and CLIP), on CPU."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from savi_cli.main import app
+from stages import dpo
+from stages import filter as filter_stage
+from stages.core.clip import ClipConfig, build_tiny_clip
+from stages.core.errors import SaviError
+from stages.core.model import ModelConfig
+from stages.core.records import Candidate, Pair
+from stages.core.store import ArtifactWriter
+from stages.export import export_pairs
+
+pytestmark = pytest.mark.slow
+
+FILTER = filter_stage.FilterConfig()
+
+
+def candidate(pair_id="p", chosen="The red square moves to the right.", rejected="A blue ball rolls upward.",
+              usable=True, note=None, video_id="v"):
+    return Candidate(pair_id, video_id, f"q-{pair_id}", "Where does the square go?", chosen, rejected, "revision",
+                     "a", "c", "critique", None, None, usable, note)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Filter rules on hand-made pairs
+
+
+def test_text_rules_give_each_drop_its_reason():
+    assert filter_stage.text_rule(candidate(usable=False, note="no_errors"), FILTER) == "no_errors"
+    assert filter_stage.text_rule(candidate(usable=False, note="revision_unchanged"), FILTER) == "revision_unchanged"
+    assert filter_stage.text_rule(candidate(chosen="  "), FILTER) == "empty_text"
+    assert filter_stage.text_rule(candidate(chosen="The square moves right.", rejected="The square moves right!"),
+                                  FILTER) == "near_duplicate"
+    assert filter_stage.text_rule(candidate(chosen="Right. " * 20, rejected="It moves up."), FILTER) == \
+        "length_ratio"
+    assert filter_stage.text_rule(candidate(), FILTER) is None
+
+
+def test_the_rejected_text_is_swapped_in_when_clip_finds_it_better_grounded():
+    kept = filter_stage.grounding_rule(candidate(), 0.30, 0.25, FILTER)
+    assert (kept.kept, kept.swapped, kept.chosen_clip, kept.rejected_clip) == (True, False, 0.30, 0.25)
+    swapped = filter_stage.grounding_rule(candidate(), 0.20, 0.31, FILTER)
+    assert swapped.swapped and swapped.chosen == "A blue ball rolls upward."
+    assert (swapped.chosen_clip, swapped.rejected_clip) == (0.31, 0.20)
+    within_margin = filter_stage.grounding_rule(candidate(), 0.20, 0.21, filter_stage.FilterConfig(swap_margin=0.05))
+    assert not within_margin.swapped
+    strict = filter_stage.FilterConfig(swap_margin=0.05, min_clip_margin=0.0)
+    assert filter_stage.grounding_rule(candidate(), 0.20, 0.21, strict).drop_reason == "low_clip_margin"
+    assert filter_stage.grounding_rule(candidate(), 0.30, 0.29, filter_stage.FilterConfig(min_clip_margin=0.02)) \
+        .drop_reason == "low_clip_margin"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    return ClipConfig(model=f"local-dir:{build_tiny_clip(tmp_path_factory.mktemp('clip'))}")
+
+
+def write_candidates(run, round, candidates):
+    writer = ArtifactWriter(run.artifact("candidates", round), params={}, inputs={})
+    for c in candidates:
+        writer.add(c)
+    writer.finish()
+
+
+def test_filter_stage_scores_with_clip_and_keeps_every_drop_with_its_reason(sampled_run, tiny_clip):
+    videos = [s.video_id for s in sampled_run.artifact("samples").read()]
+    cands = [candidate(f"p{i}", chosen=f"The red square moves right, step {i}.", video_id=videos[i % 3])
+             for i in range(6)]
+    cands += [candidate("dup", chosen="It moves up.", rejected="It moves up!", video_id=videos[0]),
+              candidate("clean", usable=False, note="no_errors", video_id=videos[1])]
+    write_candidates(sampled_run, 1, cands)
+    result = filter_stage.run(sampled_run, 1, FILTER, tiny_clip)
+    rows = {p.pair_id: p for p in sampled_run.artifact("pairs", 1).read()}
+    assert len(rows) == 8
+    assert (rows["dup"].kept, rows["dup"].drop_reason, rows["dup"].chosen_clip) == (False, "near_duplicate", None)
+    assert rows["clean"].drop_reason == "no_errors"
+    scored = [rows[f"p{i}"] for i in range(6)]
+    assert all(p.kept and -1 <= p.chosen_clip <= 1 and p.chosen_clip >= p.rejected_clip for p in scored)
+    assert result.counts["kept"] == 6 and result.counts["dropped_near_duplicate"] == 1
+    assert result.counts["dropped_no_errors"] == 1
+    assert result.counts["swapped"] == sum(p.swapped for p in scored)
+    # Frame embeddings were cached in the run, once per video.
+    assert len(list((sampled_run.path / "clip").glob("*/*.npy"))) == 3
+    assert filter_stage.run(sampled_run, 1, FILTER, tiny_clip).up_to_date
+
+
+def test_export_writes_trl_and_jsonl(sampled_run, tiny_clip, tmp_path):
+    from datasets import load_from_disk
+
+    videos = [s.video_id for s in sampled_run.artifact("samples").read()]
+    write_candidates(sampled_run, 1, [candidate(f"p{i}", video_id=videos[i]) for i in range(3)])
+    filter_stage.run(sampled_run, 1, FILTER, tiny_clip)
+    dataset = load_from_disk(str(export_pairs(sampled_run, 1, "trl")))
+    assert len(dataset) == 3 and {"prompt", "chosen", "rejected", "video"} <= set(dataset.column_names)
+    assert dataset[0]["prompt"][0]["content"][0]["type"] == "video"
+    assert len(dataset[0]["video"]) == 4 and all(os.path.isfile(f) for f in dataset[0]["video"])
+    lines = export_pairs(sampled_run, 1, "jsonl", tmp_path / "p.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["chosen"][0]["content"][0]["text"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DPO
+
+
+def write_pairs(run, round, n=6):
+    videos = [s.video_id for s in run.artifact("samples").read()]
+    writer = ArtifactWriter(run.artifact("pairs", round), params={}, inputs={})
+    for i in range(n):
+        writer.add(Pair(f"p{i}", videos[i % len(videos)], f"q{i}", "Which way does the shape move?",
+                        "It moves from left to right.", "It jumps up and then disappears.", 0.31, 0.22, False,
+                        "critique", True, None))
+    writer.finish()
+
+
+def train_cfg(**kw):
+    return dpo.TrainConfig(**{"learning_rate": 2e-3, "batch_size": 2, "grad_accum": 1, "lora_r": 8,
+                              "lora_dropout": 0.0, "gradient_checkpointing": False, **kw})
+
+
+def lora_and_base(model):
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n and ".default." in n}
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    return lora, base
+
+
+def test_a_few_steps_change_the_lora_weights_and_leave_the_base_alone(sampled_run, tiny_model):
+    write_pairs(sampled_run, 1)
+    samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
+    trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
+                                train_cfg(max_steps=3), ModelConfig(model=str(tiny_model())), None,
+                                sampled_run.path / "ckpt", None)
+    lora_before, base_before = lora_and_base(trainer.model)
+    assert lora_before and not any("visual" in n for n in lora_before)  # LoRA on the language model only
+    trainer.train()
+    lora_after, base_after = lora_and_base(trainer.model)
+    assert any(not torch.equal(lora_before[n], lora_after[n]) for n in lora_before)
+    assert all(torch.equal(base_before[n], base_after[n]) for n in base_before)
+
+
+def test_reward_accuracy_rises_above_chance_and_the_log_is_queryable(sampled_run, tiny_model):
+    write_pairs(sampled_run, 1)
+    result = dpo.run(sampled_run, 1, train_cfg(max_steps=12), ModelConfig(model=str(tiny_model())))
+    assert result.counts["final_reward_accuracy"] > 0.5 and result.counts["final_reward_margin"] > 0
+    assert (sampled_run.round_dir(1) / "adapter" / "adapter_config.json").is_file()
+    assert not (sampled_run.round_dir(1) / "adapter" / "ref").exists()  # only the trained adapter is saved
+    out = CliRunner().invoke(app, ["query", "select step, loss from train_log order by step", "-f", "jsonl"])
+    steps = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 13))
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)  # a new adapter starts as the reference
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    again = dpo.run(sampled_run, 1, train_cfg(max_steps=12), ModelConfig(model=str(tiny_model())))
+    assert again.up_to_date
+
+
+def test_the_video_really_conditions_the_loss(sampled_run, tiny_model, monkeypatch):
+    write_pairs(sampled_run, 1, n=2)
+    samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
+    trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
+                                train_cfg(max_steps=4), ModelConfig(model=str(tiny_model())), None,
+                                sampled_run.path / "ckpt", None)
+    trainer.train()  # a trained adapter: with the initial one, policy = reference and the loss is log 2 anyway
+    trainer.model.eval()
+    rows = list(trainer.train_dataset)
+    collator = trainer.data_collator
+
+    def loss():
+        with torch.no_grad():
+            return trainer.compute_loss(trainer.model, collator([dict(r) for r in rows])).item()
+
+    with_video = loss()
+    real_load = dpo.load_video
+
+    def blank(run, sample):
+        video = real_load(run, sample)
+        video.frames = video.frames * 0
+        return video
+
+    monkeypatch.setattr(dpo, "load_video", blank)
+    assert loss() != pytest.approx(with_video, abs=1e-5)
+
+
+def test_clip_weighted_loss_adds_the_grounding_margin(sampled_run, tiny_model):
+    write_pairs(sampled_run, 1)
+    result = dpo.run(sampled_run, 1, train_cfg(max_steps=2, loss="clip-weighted", clip_gamma=10.0),
+                     ModelConfig(model=str(tiny_model())))
+    first = sampled_run.artifact("train_log", 1).read()[0]
+    # Step 1: policy = reference, so Δ = 0 and L = -log σ(-γ·gap), with gap = 0.31 - 0.22.
+    assert first.loss == pytest.approx(-math.log(1 / (1 + math.exp(10.0 * 0.09))), abs=1e-3)
+    assert result.counts["steps"] == 2
+
+
+def test_rounds_chain_each_from_the_previous_policy(sampled_run, tiny_model):
+    from safetensors.torch import load_file
+
+    mcfg = ModelConfig(model=str(tiny_model()))
+    write_pairs(sampled_run, 1)
+    with pytest.raises(SaviError, match="round 2 starts from the policy trained in round 1"):
+        write_pairs(sampled_run, 2)
+        dpo.run(sampled_run, 2, train_cfg(max_steps=2), mcfg)
+    dpo.run(sampled_run, 1, train_cfg(max_steps=3), mcfg)
+    round1 = load_file(sampled_run.round_dir(1) / "adapter" / "adapter_model.safetensors")
+
+    samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
+    trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 2).read(), train_cfg(max_steps=2),
+                                mcfg, sampled_run.round_dir(1) / "adapter", sampled_run.path / "ckpt", None)
+    # The trainable adapter and the frozen reference both start as round 1's adapter.
+    assert set(trainer.model.peft_config) == {"default", "ref"}
+    ref = {n: p for n, p in trainer.model.named_parameters() if ".ref." in n}
+    assert ref and all(not p.requires_grad for p in ref.values())
+    some = next(k for k in round1 if "lora_B" in k)
+    default = dict(trainer.model.named_parameters())
+    live = next(v for n, v in default.items() if n.endswith(some.replace(".weight", ".default.weight")))
+    assert torch.allclose(live.detach().float(), round1[some].float(), atol=1e-6)
+
+    result = dpo.run(sampled_run, 2, train_cfg(max_steps=2), mcfg)
+    round2 = load_file(sampled_run.round_dir(2) / "adapter" / "adapter_model.safetensors")
+    assert result.counts["steps"] == 2 and set(round2) == set(round1)
+    assert any(not torch.equal(round1[k], round2[k]) for k in round1)
+
+
+def test_dpo_refuses_clearly(sampled_run, tiny_model):
+    mcfg = ModelConfig(model=str(tiny_model()))
+    with pytest.raises(SaviError, match=r"no pairs yet; run `savi filter --run t --round 1` first"):
+        dpo.run(sampled_run, 1, train_cfg(), mcfg)
+    writer = ArtifactWriter(sampled_run.artifact("pairs", 1), params={}, inputs={})
+    writer.add(Pair("p", "v", "q", "?", "a", "b", None, None, False, "critique", False, "no_errors"))
+    writer.finish()
+    with pytest.raises(SaviError, match="kept no pairs to train on"):
+        dpo.run(sampled_run, 1, train_cfg(), mcfg)
+    (sampled_run.path / "savi.toml").write_text('[model]\nid = "x"\n[dpo]\nlearning_rat = 1\n')
+    with pytest.raises(SaviError, match="unknown setting learning_rat in \\[dpo\\]"):
+        dpo.resolve_config(sampled_run, {})
+
+
+def test_savi_toml_sets_training_defaults_and_flags_override(sampled_run):
+    (sampled_run.path / "savi.toml").write_text("[dpo]\nlearning_rate = 1e-5\nlora_r = 32\n")
+    cfg = dpo.resolve_config(sampled_run, {"lora_r": 8, "beta": None})
+    assert (cfg.learning_rate, cfg.lora_r, cfg.beta) == (1e-5, 8, 0.1)
+
+
+def test_4bit_qlora_trains_on_cpu(sampled_run, tiny_model, caplog):
+    import bitsandbytes as bnb
+
+    write_pairs(sampled_run, 1, n=2)
+    samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
+    trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
+                                train_cfg(max_steps=2), ModelConfig(model=str(tiny_model()), load_in_4bit=True),
+                                None, sampled_run.path / "ckpt", None)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.modules())
+    assert "4-bit training without CUDA" in caplog.text
+    lora_before, _ = lora_and_base(trainer.model)
+    trainer.train()
+    lora_after, _ = lora_and_base(trainer.model)
+    assert any(not torch.equal(lora_before[n], lora_after[n]) for n in lora_before)
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(sampled_run, tiny_model, workspace):
+    write_pairs(sampled_run, 1)
+    args = [sys.executable, "-c", "from savi_cli.main import app; app()", "dpo", "--run", "t", "--round", "1",
+            "--model", str(tiny_model()), "--no-4bit", "--max-steps", "8", "--save-steps", "2", "--grad-accum", "1",
+            "--batch-size", "2", "--lr", "2e-3"]
+    env = dict(os.environ, SAVI_HOME=str(workspace))
+    checkpoints = sampled_run.round_dir(1) / ".checkpoints"
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("checkpoint-4/trainer_state.json")) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    manifest = sampled_run.artifact("train_log", 1).manifest()
+    assert manifest["notes"]["resumed_from_checkpoint"].split("-")[-1] in {"4", "6"}  # not from scratch
+    assert [s.step for s in sampled_run.artifact("train_log", 1).read()] == list(range(1, 9))
+    assert not checkpoints.exists() and (sampled_run.round_dir(1) / "adapter" / "adapter_config.json").is_file()
