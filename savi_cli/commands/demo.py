@@ -15,8 +15,8 @@ def demo(
     """Run savi offline on generated videos with a tiny model: no GPU, no download.
 
     Writes example videos (including a rotated, a variable-frame-rate and several broken ones), builds a tiny
-    random model, samples the videos, runs round 1's questions, answers and critiques, and shows what the run
-    holds.
+    random model and CLIP, samples the videos, runs two full rounds (ask, answer, critique, filter, 4-bit DPO),
+    and shows what the run holds.
 
     Example:
 
@@ -33,14 +33,15 @@ def demo(
         result.workspace)
     typer.echo(f"\nSampled videos ({result.samples.path}):\n")
     typer.echo(format_table(columns, rows))
-    typer.echo("Round 1, written by the policy itself:\n")
-    typer.echo(format_table(["stage", "table", "counts"],
-                            [(name, r.path.name, ", ".join(f"{k} {v}" for k, v in r.counts.items()))
-                             for name, r in result.stages.items()]))
-    columns, rows = run_query("select q.kind, q.text as question, c.chosen as revised, c.note from candidates c "
-                              "join questions q using (question_id, run, round) order by c.pair_id limit 3",
-                              result.workspace)
-    typer.echo("A few candidate pairs (revised answer preferred over the initial one):\n")
+    for r, stages in result.rounds.items():
+        typer.echo(f"Round {r}, written by the policy itself, then filtered and trained on:\n")
+        typer.echo(format_table(["stage", "table", "counts"],
+                                [(name, res.path.name, ", ".join(f"{k} {v}" for k, v in res.counts.items()))
+                                 for name, res in stages.items()]))
+    columns, rows = run_query("select p.round, q.kind, q.text as question, p.chosen, p.chosen_clip, "
+                              "p.rejected_clip from pairs p join questions q using (question_id, run, round) "
+                              "where p.kept order by p.round, p.pair_id limit 3", result.workspace)
+    typer.echo("A few kept pairs (chosen preferred over rejected; CLIP scores of each):\n")
     typer.echo(format_table(columns, rows))
     typer.echo("The tiny model writes meaningless text: it is random, and there only to run the real code path.")
     typer.echo(f"With a real model (a GPU and --model Qwen/Qwen2.5-VL-7B-Instruct) the same tables hold real "
@@ -48,4 +49,4 @@ def demo(
     workspace = result.workspace
     typer.echo("Look further:")
     typer.echo(f"  savi status -w {workspace}")
-    typer.echo(f"  savi query \"select note, count(*) from candidates group by 1\" -w {workspace}")
+    typer.echo(f"  savi query \"select round, step, loss, reward_accuracy from train_log\" -w {workspace}")
