@@ -46,10 +46,7 @@ def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prom
         raise SaviError("--candidates must be at least 1")
     if not cfg.temperatures or any(t < 0 for t in cfg.temperatures):
         raise SaviError("--temperatures must be a comma-separated list of numbers >= 0, e.g. 0.3,0.7")
-    questions_art = run.artifact("questions", round)
-    if not questions_art.complete:
-        raise SaviError(f"round {round} of run '{run.name}' has no questions yet; "
-                        f"run `savi ask --run {run.name} --round {round}` first")
+    questions_art = run.require("questions", round)
     adapter = adapter_for_round(run, round)
     prompt = load_prompts(prompts_dir)["answer"]  # all of them: a misnamed override file is an error
     model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL))

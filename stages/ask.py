@@ -58,9 +58,7 @@ def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts
         raise SaviError(f"unknown question kind {', '.join(unknown) or '(none)'}; choose from {', '.join(KINDS)}")
     if cfg.per_video < len(cfg.kinds):
         raise SaviError(f"--per-video {cfg.per_video} is fewer than one question per kind ({len(cfg.kinds)} kinds)")
-    samples_art = run.artifact("samples")
-    if not samples_art.complete:
-        raise SaviError(f"run '{run.name}' has no sampled videos; run `savi sample VIDEOS --run {run.name}` first")
+    samples_art = run.require("samples")
     adapter = adapter_for_round(run, round)
     prompt = load_prompts(prompts_dir)["ask"]  # all of them: a misnamed override file is an error
     model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL))

@@ -57,10 +57,7 @@ def run(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, *, pr
         force: bool = False, progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
     if cfg.mode not in MODES:
         raise SaviError(f"unknown --mode {cfg.mode!r}: use critique or judge")
-    answers_art = run.artifact("answers", round)
-    if not answers_art.complete:
-        raise SaviError(f"round {round} of run '{run.name}' has no answers yet; "
-                        f"run `savi answer --run {run.name} --round {round}` first")
+    answers_art = run.require("answers", round)
     adapter = adapter_for_round(run, round)
     prompt = load_prompts(prompts_dir)[cfg.mode]  # all of them: a misnamed override file is an error
     model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL))

@@ -103,10 +103,7 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
         progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
     if cfg.loss not in LOSSES:
         raise SaviError(f"unknown --loss {cfg.loss!r}: use sigmoid or clip-weighted")
-    pairs_art = run.artifact("pairs", round)
-    if not pairs_art.complete:
-        raise SaviError(f"round {round} of run '{run.name}' has no pairs yet; "
-                        f"run `savi filter --run {run.name} --round {round}` first")
+    pairs_art = run.require("pairs", round)
     pairs = [p for p in pairs_art.read() if p.kept]
     if not pairs:
         raise SaviError(f"round {round} of run '{run.name}' kept no pairs to train on (see `savi query \"select "

@@ -24,10 +24,7 @@ FORMATS = ("trl", "jsonl")
 def export_pairs(run: Run, round: int, fmt: str, out: Path | None = None) -> Path:
     if fmt not in FORMATS:
         raise SaviError(f"unknown --format {fmt!r}: use trl or jsonl")
-    pairs_art = run.artifact("pairs", round)
-    if not pairs_art.complete:
-        raise SaviError(f"round {round} of run '{run.name}' has no pairs yet; "
-                        f"run `savi filter --run {run.name} --round {round}` first")
+    pairs_art = run.require("pairs", round)
     samples = {s.video_id: s for s in run.artifact("samples").read()}
     rows = [_row(run, p, samples[p.video_id]) for p in pairs_art.read() if p.kept]
     out = out or run.round_dir(round) / "export" / ("pairs" if fmt == "trl" else "pairs.jsonl")

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from stages.core.clip import ClipConfig, ClipScorer
-from stages.core.errors import SaviError
 from stages.core.parsing import similarity
 from stages.core.records import Candidate, Pair
 from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, written_records
@@ -68,10 +67,7 @@ def grounding_rule(pair: Candidate, chosen_clip: float, rejected_clip: float, cf
 
 def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force: bool = False,
         progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
-    candidates_art = run.artifact("candidates", round)
-    if not candidates_art.complete:
-        raise SaviError(f"round {round} of run '{run.name}' has no candidate pairs yet; "
-                        f"run `savi critique --run {run.name} --round {round}` first")
+    candidates_art = run.require("candidates", round)
     candidates: list[Candidate] = candidates_art.read()
     params = {**asdict(cfg), "clip": asdict(clip_cfg)}
     params["clip"].pop("device")

@@ -170,7 +170,7 @@ def test_stages_say_what_to_run_first(tiny_model, sampled_run, workspace):
         critique.run(sampled_run, 1, critique.CritiqueConfig(), mcfg)
     with pytest.raises(SaviError, match=r"round 2 starts from the policy trained in round 1"):
         ask.run(sampled_run, 2, ask.AskConfig(), mcfg)
-    with pytest.raises(SaviError, match=r"run 'empty' has no sampled videos; run `savi sample VIDEOS --run empty`"):
+    with pytest.raises(SaviError, match=r"run 'empty' has no samples yet; run `savi sample VIDEOS --run empty`"):
         ask.run(open_run("empty"), 1, ask.AskConfig(), mcfg)
     with pytest.raises(SaviError, match="unknown question kind where"):
         ask.run(sampled_run, 1, ask.AskConfig(kinds=("where",)), mcfg)

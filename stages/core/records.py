@@ -171,6 +171,7 @@ class TableSpec:
     record: type
     key: str
     order: tuple[str, ...]
+    made_by: str  # the savi command that writes it, for "run ... first" messages
     item_column: str | None = None
 
     @property
@@ -186,16 +187,19 @@ class TableSpec:
         return _arrow_schema(self.record)
 
 
-SAMPLES = TableSpec("samples", 1, Sample, key="video_id", order=("path", "video_id"))
-QUESTIONS = TableSpec("questions", 1, Question, key="question_id", order=("video_id", "question_id"),
+SAMPLES = TableSpec("samples", 1, Sample, key="video_id", order=("path", "video_id"), made_by="sample")
+QUESTIONS = TableSpec("questions", 1, Question, key="question_id", order=("video_id", "question_id"), made_by="ask",
                       item_column="video_id")
 
-ANSWERS = TableSpec("answers", 1, Answer, key="answer_id", order=("video_id", "question_id", "answer_id"))
-CRITIQUES = TableSpec("critiques", 1, Critique, key="critique_id", order=("video_id", "question_id", "answer_id"))
-CANDIDATES = TableSpec("candidates", 1, Candidate, key="pair_id", order=("video_id", "question_id", "pair_id"))
+ANSWERS = TableSpec("answers", 1, Answer, key="answer_id", order=("video_id", "question_id", "answer_id"),
+                    made_by="answer")
+CRITIQUES = TableSpec("critiques", 1, Critique, key="critique_id", order=("video_id", "question_id", "answer_id"),
+                      made_by="critique")
+CANDIDATES = TableSpec("candidates", 1, Candidate, key="pair_id", order=("video_id", "question_id", "pair_id"),
+                       made_by="critique")
 
-PAIRS = TableSpec("pairs", 1, Pair, key="pair_id", order=("video_id", "question_id", "pair_id"))
-TRAIN_LOG = TableSpec("train_log", 1, TrainStep, key="step", order=("step",))
+PAIRS = TableSpec("pairs", 1, Pair, key="pair_id", order=("video_id", "question_id", "pair_id"), made_by="filter")
+TRAIN_LOG = TableSpec("train_log", 1, TrainStep, key="step", order=("step",), made_by="dpo")
 
 TABLES = {spec.name: spec for spec in (SAMPLES, QUESTIONS, ANSWERS, CRITIQUES, CANDIDATES, PAIRS, TRAIN_LOG)}
 

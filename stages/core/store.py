@@ -131,6 +131,17 @@ class Run:
         folder = self.path if round is None else self.round_dir(round)
         return Artifact(folder / f"{table}.parquet", TABLES[table])
 
+    def require(self, table: str, round: int | None = None) -> Artifact:
+        """A finished table of this run, or an error saying which command makes it."""
+        art = self.artifact(table, round)
+        if not art.complete:
+            where = f"run '{self.name}'" if round is None else f"round {round} of run '{self.name}'"
+            command = f"savi {art.spec.made_by} --run {self.name}" + ("" if round is None else f" --round {round}")
+            if art.spec.made_by == "sample":
+                command = f"savi sample VIDEOS --run {self.name}"
+            raise SaviError(f"{where} has no {table} yet; run `{command}` first")
+        return art
+
     def rounds(self) -> list[int]:
         found = []
         for d in self.path.glob("round=*"):
