@@ -69,9 +69,11 @@ def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force:
         progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
     candidates_art = run.require("candidates", round)
     candidates: list[Candidate] = candidates_art.read()
-    params = {**asdict(cfg), "clip": asdict(clip_cfg)}
-    params["clip"].pop("device")
-    params["clip"].pop("batch_size")  # speed, not results
+    # CLIP is named by the fingerprint of its actual architecture and weights, not by the paths given: a model
+    # folder moved elsewhere is the same CLIP, and new weights at the same path are not.
+    scorer = ClipScorer.load(clip_cfg)
+    params = {**asdict(cfg), "clip": scorer.fingerprint, "clip_pooling": clip_cfg.pooling, "clip_topk": clip_cfg.topk,
+              "clip_text_pooling": clip_cfg.text_pooling}
     art = run.artifact("pairs", round)
     writer = ArtifactWriter(art, params=params, inputs={"candidates": file_sha256(candidates_art.path)},
                             force=force, incremental=True)
@@ -91,7 +93,6 @@ def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force:
                             pair.rejected, None, None, False, pair.mode, kept=False, drop_reason=reason))
             tick()
         if to_score:
-            scorer = ClipScorer.load(clip_cfg)
             samples = {s.video_id: s for s in run.artifact("samples").read()}
             # One video at a time: its frames are embedded (or read from the cache) once for all its pairs.
             for video_id in sorted({p.video_id for p in to_score}):

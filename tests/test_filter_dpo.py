@@ -287,3 +287,17 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(sampled_run, tiny_mo
     assert manifest["notes"]["resumed_from_checkpoint"].split("-")[-1] in {"4", "6"}  # not from scratch
     assert [s.step for s in sampled_run.artifact("train_log", 1).read()] == list(range(1, 9))
     assert not checkpoints.exists() and (sampled_run.round_dir(1) / "adapter" / "adapter_config.json").is_file()
+
+
+def test_filter_knows_its_clip_by_weights_not_by_path(sampled_run, tmp_path):
+    import shutil
+
+    videos = [s.video_id for s in sampled_run.artifact("samples").read()]
+    write_candidates(sampled_run, 1, [candidate(f"p{i}", video_id=videos[i]) for i in range(3)])
+    folder = build_tiny_clip(tmp_path / "clip-a")
+    filter_stage.run(sampled_run, 1, FILTER, ClipConfig(model=f"local-dir:{folder}"))
+    moved = shutil.copytree(folder, tmp_path / "elsewhere")
+    assert filter_stage.run(sampled_run, 1, FILTER, ClipConfig(model=f"local-dir:{moved}")).up_to_date
+    other = build_tiny_clip(tmp_path / "clip-b", seed=1)
+    with pytest.raises(SaviError, match="different parameters"):
+        filter_stage.run(sampled_run, 1, FILTER, ClipConfig(model=f"local-dir:{other}"))

@@ -198,6 +198,11 @@ class ClipScorer:
         """Identifies the model and its weights; names the run's cache folder `clip/<key>/`."""
         return self._key
 
+    @property
+    def fingerprint(self) -> str:
+        """The key without its readable label: the same CLIP gives the same fingerprint wherever its files are."""
+        return fingerprint(self.info["identity"])
+
     # -- frames -------------------------------------------------------------------------------------------------
 
     def cache_dir(self, run: Run) -> Path:
