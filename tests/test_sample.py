@@ -264,7 +264,8 @@ def test_cli_query_answers_in_every_format(example_set):
 def test_kill_9_during_sample_then_rerun_gives_the_uninterrupted_result(tmp_path, workspace):
     folder = tmp_path / "v"
     folder.mkdir()
-    for n in range(40):
+    # Enough work for several flushes (one a second), so there is more than one moment to kill it at.
+    for n in range(120):
         synthetic.write_video(folder / f"clip{n}.mp4", num_frames=48, seed=n, size=(256, 192))
     savi = [sys.executable, "-c", "from savi_cli.main import app; app()"]
     args = ["sample", str(folder), "--frames", "6", "--workers", "1"]
@@ -282,7 +283,7 @@ def test_kill_9_during_sample_then_rerun_gives_the_uninterrupted_result(tmp_path
                                 stderr=subprocess.DEVNULL)
         while len(list(parts.glob("part-*"))) <= before and proc.poll() is None:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.2))
         if proc.poll() is not None:
             break  # it finished first: nothing left to interrupt
         os.kill(proc.pid, signal.SIGKILL)
@@ -295,7 +296,7 @@ def test_kill_9_during_sample_then_rerun_gives_the_uninterrupted_result(tmp_path
     killed_rows = killed.artifact("samples").read()
     clean_rows = clean.artifact("samples").read()
     assert [r.video_id for r in killed_rows] == [r.video_id for r in clean_rows]
-    assert len({r.video_id for r in killed_rows}) == 40
+    assert len({r.video_id for r in killed_rows}) == 120
     for a, b in zip(killed_rows, clean_rows):
         assert (a.frame_indices, a.timestamps_s, a.status) == (b.frame_indices, b.timestamps_s, b.status)
         assert sorted(p.name for p in (killed.path / a.frames_dir).iterdir()) == [f"{k:04d}.jpg" for k in range(6)]
