@@ -43,7 +43,6 @@ import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,10 +50,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 
 from stages.core import synthetic
 from stages.core.clip import ClipConfig, ClipScorer, build_tiny_clip
-from stages.core.store import Run, open_run
+from stages.core.store import Run, code_version, open_run
 from stages.core.video import load_frames
 
 VIDEO_SIZE = (640, 360)
@@ -195,26 +195,6 @@ def _rate(value: float) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.3f}" if value < 1 else f"{value:.2f}"
 
 
-def git_state() -> str:
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" (with uncommitted changes)" if dirty else "")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def parse_args() -> argparse.Namespace:
@@ -305,7 +285,7 @@ def main() -> None:
             "command": " ".join([sys.executable, *sys.argv]),
             "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                         "python": platform.python_version(), "torch": torch.__version__},
-            "savi_version": git_state(),
+            "savi_version": code_version(),  # the editable install runs the working tree
             "videos": {"count": len(rows), "size": list(VIDEO_SIZE), "frames_sampled": args.frames,
                        "generation_s": generation_s, "sample_s": sample_s},
             "pairs_per_video": args.pairs, "pairs": pairs,

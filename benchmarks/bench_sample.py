@@ -45,9 +45,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import av
+from machine import cpu_model
 from PIL import Image
 
 from stages.core import synthetic
+from stages.core.store import code_version
 
 # The output both methods must produce. These mirror savi's defaults (--frames 32, --max-side 448, JPEG quality 90)
 # and are written out here rather than imported, because the benchmark treats savi as a black box run by its CLI.
@@ -258,27 +260,6 @@ def ratios(rows: list[dict], worker_counts: list[int]) -> dict[str, float]:
     return out
 
 
-def git_state() -> str:
-    # Records which savi was measured: the editable install runs whatever is in the working tree, commits or not.
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" (with uncommitted changes)" if dirty else "")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -350,7 +331,7 @@ def main() -> None:
         "command": " ".join([sys.executable, *sys.argv]),
         "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "pyav": av.__version__},
-        "savi_version": git_state(),
+        "savi_version": code_version(),  # the editable install runs the working tree
         "clips": {"count": args.clips, "seconds": args.seconds, "fps": args.fps, "size": list(CLIP_SIZE),
                   "frames_per_clip": round(args.seconds * args.fps), "folder": str(data)},
         "generation_s": generation_s,
