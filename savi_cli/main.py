@@ -10,7 +10,21 @@ import warnings
 
 import typer
 
-from savi_cli.commands import answer, ask, critique, demo, dpo, export, filter, query, sample, status, tiny_model
+from savi_cli.commands import (
+    answer,
+    ask,
+    critique,
+    demo,
+    dpo,
+    eval,
+    export,
+    filter,
+    query,
+    report,
+    sample,
+    status,
+    tiny_model,
+)
 
 app = typer.Typer(
     name="savi",
@@ -37,6 +51,8 @@ app.command("answer")(answer.answer)
 app.command("critique")(critique.critique)
 app.command("filter")(filter.filter)
 app.command("dpo")(dpo.dpo)
+app.command("eval")(eval.eval_command)
+app.command("report")(report.report)
 app.command("query")(query.query)
 app.command("status")(status.status)
 app.command("tiny-model")(tiny_model.tiny_model)

@@ -118,3 +118,29 @@ def test_a_run_keeps_one_model(sampled_run, tiny_model):
     assert settle_model(sampled_run, None, "default/model") == folder
     with pytest.raises(SaviError, match=r"run 't' aligns .* start a new run for 'other/model'"):
         settle_model(sampled_run, "other/model", "default/model")
+
+
+def test_score_labels_is_the_log_probability_of_each_labels_first_token(tiny_model, sampled_run):
+    videos = videos_of(sampled_run)
+    labels = [[("A",), ("B",), ("C",)], [("yes", "Yes"), ("no", "No")], [("A",), ("B",)]]
+    batched = Policy.load(ModelConfig(model=str(tiny_model()), batch_size=3)).score_labels(videos, PROMPTS, labels)
+    policy = Policy.load(ModelConfig(model=str(tiny_model()), batch_size=1))
+    single = policy.score_labels(videos, PROMPTS, labels)
+    assert [len(s) for s in batched] == [3, 2, 2]
+    assert torch.allclose(torch.tensor(sum(batched, [])), torch.tensor(sum(single, [])), atol=1e-4)
+
+    # The same number from a plain forward pass over the whole sequence, read at the last position.
+    tokenizer = policy.processor.tokenizer
+    inputs = policy._inputs(videos[1:2], PROMPTS[1:2])
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(policy.model(**inputs).logits[0, -1].float(), dim=-1)
+    for option, spellings in enumerate(labels[1]):
+        ids = sorted({tokenizer.encode(s, add_special_tokens=False)[0] for s in spellings})
+        assert single[1][option] == pytest.approx(torch.logsumexp(logprobs[ids], 0).item(), abs=1e-4)
+    assert all(s < 0 for row in single for s in row)
+
+
+def test_labels_that_share_a_first_token_are_refused(tiny_model, sampled_run):
+    policy = Policy.load(ModelConfig(model=str(tiny_model())))
+    with pytest.raises(SaviError, match="share first tokens.*--mode generate"):
+        policy.score_labels(videos_of(sampled_run)[:1], PROMPTS[:1], [[("A",), ("A",)]])

@@ -14,6 +14,7 @@ from stages.core.parsing import (
     CritiqueVerdict,
     JudgeScore,
     normalize_text,
+    parse_choice,
     parse_critique,
     parse_judge,
     parse_questions,
@@ -421,6 +422,48 @@ def _random_text(rng: random.Random) -> str:
     return "".join(rng.choice(_JSONISH) for _ in range(length // 4))  # fragments of the formats the parsers look for
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# parse_choice (savi eval, generate mode)
+
+BASKETBALL = ["dunking a basketball", "dribbling a basketball", "passing a basketball"]
+
+CHOICE_CASES = {
+    "bare letter": ("B", (1, "letter")),
+    "letter in parentheses": ("(C)", (2, "letter")),
+    "letter with its option": ("A. dunking a basketball", (0, "letter")),
+    "lower-case letter with a dot is not taken as the article-free letter": ("b.", (None, None)),
+    "answer prefix": ("The answer is C.", (2, "letter")),
+    "best option prefix as VideoChat2 prompts it": ("Best option:(B) dribbling a basketball", (1, "letter")),
+    "bold letter": ("**C**", (2, "letter")),
+    "letter named inside a sentence": ("I would say option B, since he bounces it.", (1, "letter")),
+    "option text only": ("He is dribbling a basketball.", (1, "text")),
+    "the article A is not the letter A": ("A man is passing a basketball to a friend.", (2, "text")),
+    "two letters: ambiguous, not guessed": ("A or B", (None, None)),
+    "two letters marked: ambiguous": ("(A) or maybe (C)", (None, None)),
+    "a letter beyond the options": ("D", (None, None)),
+    "two option texts": ("dunking a basketball and then passing a basketball", (None, None)),
+    "nothing usable": ("The video shows a sunny day.", (None, None)),
+    "empty": ("", (None, None)),
+}
+
+
+@pytest.mark.parametrize("reply", CHOICE_CASES, ids=list(CHOICE_CASES))
+def test_parse_choice_reads_only_what_is_there(reply):
+    text, expected = CHOICE_CASES[reply]
+    assert parse_choice(text, BASKETBALL) == expected
+
+
+def test_parse_choice_prefers_the_longer_option_that_contains_a_shorter_one():
+    assert parse_choice("It is dark red.", ["red", "dark red", "blue"]) == (1, "text")
+
+
+@pytest.mark.parametrize("text,expected", [("Yes.", (0, "yes_no")), ("no, it is not", (1, "yes_no")),
+                                           ("Answer: yes", (0, "yes_no")), ("Nope", (None, None)),
+                                           ("It is unclear", (None, None)), ("yesterday", (None, None))])
+def test_parse_choice_yes_no(text, expected):
+    assert parse_choice(text, ["yes", "no"], yes_no=True) == expected
+
+
 def test_fuzz_parsers_never_raise():
     rng = random.Random(20240601)
     for _ in range(500):
@@ -436,3 +479,5 @@ def test_fuzz_parsers_never_raise():
             assert value is None or 1.0 <= value <= 5.0
         assert isinstance(normalize_text(text), str)
         assert 0.0 <= similarity(text, text[::-1]) <= 1.0
+        choice, how = parse_choice(text, BASKETBALL)
+        assert (choice is None and how is None) or (0 <= choice < 3 and how in ("letter", "text"))

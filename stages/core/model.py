@@ -58,6 +58,12 @@ class Video:
     fps: float
     indices: list[int]
 
+    @classmethod
+    def of(cls, frames: np.ndarray, total_frames: int, fps: float, indices: list[int]) -> Video:
+        if len(frames) == 1:
+            # Video processors group frames in pairs (temporal patches); Qwen3-VL refuses a single frame.
+            frames, indices = np.concatenate([frames, frames]), list(indices) * 2
+        return cls(frames=frames, total_frames=total_frames, fps=fps, indices=list(indices))
 
 @dataclass(frozen=True)
 class Generation:
@@ -66,16 +72,12 @@ class Generation:
     finished: bool  # stopped at end-of-sequence, not at max_new_tokens
 
 
+
 def load_video(run: Run, sample: Sample) -> Video:
     if sample.status != "ok" or not sample.frames_dir:
         raise ValueError(f"video {sample.video_id} was not sampled ({sample.error})")
     frames = load_frames(run.path / sample.frames_dir)
-    indices = list(sample.frame_indices)
-    if len(frames) == 1:
-        # Video processors group frames in pairs (temporal patches); Qwen3-VL refuses a single frame.
-        frames, indices = np.concatenate([frames, frames]), indices * 2
-    return Video(frames=frames, total_frames=sample.num_frames or len(frames), fps=sample.fps or 1.0,
-                 indices=indices)
+    return Video.of(frames, sample.num_frames or len(frames), sample.fps or 1.0, list(sample.frame_indices))
 
 
 def adapter_fingerprint(adapter: Path | None) -> str | None:
@@ -90,12 +92,22 @@ def adapter_for_round(run: Run, round: int) -> Path | None:
     """The adapter that makes the policy of `round`: none for round 1, round r-1's after that."""
     if round < 1:
         raise SaviError(f"rounds start at 1 (round 0 is the base model, used only by eval); got --round {round}")
-    if round == 1:
+    try:
+        return trained_adapter(run, round - 1)
+    except SaviError as e:
+        raise SaviError(f"round {round} starts from the policy trained in round {round - 1}, but {e}") from None
+
+
+def trained_adapter(run: Run, round: int) -> Path | None:
+    """The adapter trained in `round`, which makes the model M(round); none for round 0, the base model."""
+    if round == 0:
         return None
-    adapter = run.round_dir(round - 1) / "adapter"
+    adapter = run.round_dir(round) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
-        raise SaviError(f"round {round} starts from the policy trained in round {round - 1}, but {adapter} has no "
-                        f"adapter; run `savi dpo --run {run.name} --round {round - 1}` first")
+        trained = [r for r in run.rounds() if (run.round_dir(r) / "adapter" / "adapter_config.json").is_file()]
+        have = f"rounds with a trained adapter: {', '.join(map(str, trained))}" if trained else "no round is trained"
+        raise SaviError(f"round {round} of run '{run.name}' has no trained adapter ({have}); "
+                        f"run `savi dpo --run {run.name} --round {round}` first")
     return adapter
 
 
@@ -151,20 +163,37 @@ class Policy:
         `keys` name the items. Each batch is seeded from the run seed and its first key, so rerunning the same
         items gives the same samples whatever ran before them.
         """
-        results: list[Generation] = []
+        def generate_batch(videos, prompts, keys):
+            return self._generate_batch(videos, prompts, keys, max_new_tokens, temperature, top_p)
+
+        return self._in_batches(generate_batch, videos, prompts, keys)
+
+    def score_labels(self, videos: Sequence[Video], prompts: Sequence[str],
+                     labels: Sequence[Sequence[Sequence[str]]]) -> list[list[float]]:
+        """For each (video, prompt), the log-probability that the reply starts with each option's label.
+
+        `labels[i][k]` holds the spellings of option k of prompt i, e.g. ("A",) or ("yes", "Yes"); an option
+        scores the log of the summed probability of its spellings' first tokens. One forward pass per prompt,
+        and no text to parse: the answer is always one of the options.
+        """
+        token_ids = [self._label_tokens(options) for options in labels]
+        return self._in_batches(self._score_batch, videos, prompts, token_ids)
+
+    def _in_batches(self, run_batch, videos, prompts, per_item) -> list[Any]:
+        results: list[Any] = []
         start = 0
         while start < len(prompts):
             end = min(start + self.batch_size, len(prompts))
-            results += self._generate_halving(videos[start:end], prompts[start:end], keys[start:end],
-                                              max_new_tokens, temperature, top_p)
+            results += self._halving(run_batch, videos[start:end], prompts[start:end], per_item[start:end])
             start = end
         return results
 
-    def _generate_halving(self, videos, prompts, keys, max_new_tokens, temperature, top_p) -> list[Generation]:
+    def _halving(self, run_batch, videos, prompts, per_item) -> list[Any]:
+        """Run one batch; on CUDA out-of-memory, halve it (and every later batch) and go on."""
         import torch
 
         try:
-            return self._generate_batch(videos, prompts, keys, max_new_tokens, temperature, top_p)
+            return run_batch(videos, prompts, per_item)
         except torch.OutOfMemoryError:
             if len(prompts) == 1:
                 raise SaviError("out of GPU memory with one prompt per batch; sample fewer or smaller frames "
@@ -173,18 +202,15 @@ class Policy:
             self.batch_size = max(1, len(prompts) // 2)
             log.warning(f"CUDA out of memory: batch size lowered to {self.batch_size}")
             half = len(prompts) // 2
-            return (self._generate_halving(videos[:half], prompts[:half], keys[:half], max_new_tokens,
-                                           temperature, top_p)
-                    + self._generate_halving(videos[half:], prompts[half:], keys[half:], max_new_tokens,
-                                             temperature, top_p))
+            return (self._halving(run_batch, videos[:half], prompts[:half], per_item[:half])
+                    + self._halving(run_batch, videos[half:], prompts[half:], per_item[half:]))
 
-    def _generate_batch(self, videos, prompts, keys, max_new_tokens, temperature, top_p) -> list[Generation]:
-        import torch
+    def _inputs(self, videos: Sequence[Video], prompts: Sequence[str]) -> Any:
         from transformers.video_utils import VideoMetadata
 
         texts = [self.processor.apply_chat_template(chat(prompt), tokenize=False, add_generation_prompt=True)
                  for prompt in prompts]
-        inputs = self.processor(
+        return self.processor(
             text=texts,
             videos=[v.frames for v in videos],
             video_metadata=[VideoMetadata(total_num_frames=v.total_frames, fps=v.fps, frames_indices=v.indices)
@@ -194,6 +220,11 @@ class Policy:
             padding_side="left",
             return_tensors="pt",
         ).to(self.model.device)
+
+    def _generate_batch(self, videos, prompts, keys, max_new_tokens, temperature, top_p) -> list[Generation]:
+        import torch
+
+        inputs = self._inputs(videos, prompts)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
             {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         torch.manual_seed(batch_seed(self.cfg.seed, keys[0]))
@@ -208,6 +239,27 @@ class Policy:
             text = self.processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
             results.append(Generation(text=text, num_tokens=len(kept), finished=stop_at is not None))
         return results
+
+    def _score_batch(self, videos, prompts, token_ids) -> list[list[float]]:
+        import torch
+
+        inputs = self._inputs(videos, prompts)
+        with torch.inference_mode():
+            # Left padding puts every prompt's last token at the end; only its logits are needed.
+            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        return [[torch.logsumexp(row[list(ids)], dim=0).item() for ids in options]
+                for row, options in zip(logprobs, token_ids)]
+
+    def _label_tokens(self, options: Sequence[Sequence[str]]) -> list[set[int]]:
+        tokenizer = self.processor.tokenizer
+        firsts = [{tokenizer.encode(spelling, add_special_tokens=False)[0] for spelling in spellings}
+                  for spellings in options]
+        for k, ids in enumerate(firsts):
+            if any(ids & other for j, other in enumerate(firsts) if j != k):
+                raise SaviError(f"the labels {[s for o in options for s in o]} share first tokens in this model's "
+                                "tokenizer, so likelihood scoring cannot tell them apart; use --mode generate")
+        return firsts
 
 
 def quiet_transformers() -> None:

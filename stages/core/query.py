@@ -27,10 +27,9 @@ def connect(workspace: str | Path | None = None, run: str | None = None):
     for name, spec in TABLES.items():
         selects = []
         for r in runs:
-            artifacts = [r.artifact(name)] + [r.artifact(name, k) for k in r.rounds()]
-            for art in artifacts:
+            for art in r.artifacts(name):
                 if art.complete:
-                    selects.append(_select(art.path, r.name, art.path.parent.name.startswith("round=")))
+                    selects.append(_select(art.path, r.name, name != "samples"))
         if selects:
             con.execute(f"CREATE VIEW {name} AS " + " UNION ALL BY NAME ".join(selects))
         else:

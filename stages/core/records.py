@@ -161,6 +161,33 @@ class TrainStep:
     grad_norm: float | None
 
 
+@dataclass(slots=True)
+class EvalResult:
+    """The model's answer to one benchmark question. Key: `question_id` (the benchmark's own id).
+
+    `prediction` is an index into `options`; None when the output could not be read as an option (generate mode
+    never guesses) or the video could not be decoded (`error`). `correct` is None where the answer key is hidden.
+    """
+
+    question_id: str
+    benchmark: str  # name, plus the split when it is not the default ("nextqa-test")
+    category: str
+    meta: dict[str, str]
+    video: str  # as the benchmark names it
+    question: str
+    options: list[str]
+    answer: int | None
+    mode: str  # "likelihood" or "generate"
+    prediction: int | None
+    correct: bool | None
+    parsed_as: str | None  # likelihood: "likelihood"; generate: "letter", "text" or "yes_no"; None: unparsed
+    response: str  # the generated text (generate mode), else ""
+    option_scores: list[float]  # likelihood mode: log-probability of each option's label
+    num_frames: int
+    error: str | None
+    model: str
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A table: its records, the key that identifies a row, and the item column naming the unit of work that
@@ -200,8 +227,9 @@ CANDIDATES = TableSpec("candidates", 1, Candidate, key="pair_id", order=("video_
 
 PAIRS = TableSpec("pairs", 1, Pair, key="pair_id", order=("video_id", "question_id", "pair_id"), made_by="filter")
 TRAIN_LOG = TableSpec("train_log", 1, TrainStep, key="step", order=("step",), made_by="dpo")
+EVALS = TableSpec("evals", 1, EvalResult, key="question_id", order=("category", "question_id"), made_by="eval")
 
-TABLES = {spec.name: spec for spec in (SAMPLES, QUESTIONS, ANSWERS, CRITIQUES, CANDIDATES, PAIRS, TRAIN_LOG)}
+TABLES = {spec.name: spec for spec in (SAMPLES, QUESTIONS, ANSWERS, CRITIQUES, CANDIDATES, PAIRS, TRAIN_LOG, EVALS)}
 
 
 def to_arrow(spec: TableSpec, records: list[Any]) -> pa.Table:
@@ -212,7 +240,12 @@ def to_arrow(spec: TableSpec, records: list[Any]) -> pa.Table:
 
 def from_arrow(spec: TableSpec, table: pa.Table) -> list[Any]:
     names = [f.name for f in dataclasses.fields(spec.record)]
-    return [spec.record(**row) for row in table.select(names).to_pylist()]
+    maps = [f.name for f in table.schema if pa.types.is_map(f.type) and f.name in names]
+    rows = table.select(names).to_pylist()
+    for row in rows:
+        for name in maps:  # Arrow gives a map back as (key, value) pairs
+            row[name] = dict(row[name] or [])
+    return [spec.record(**row) for row in rows]
 
 
 _ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}

@@ -131,6 +131,24 @@ class Run:
         folder = self.path if round is None else self.round_dir(round)
         return Artifact(folder / f"{table}.parquet", TABLES[table])
 
+    def eval_artifact(self, benchmark: str, round: int) -> Artifact:
+        """One benchmark's predictions: `round=<r>/eval/<benchmark>.parquet` (round 0 is the base model)."""
+        return Artifact(self.round_dir(round) / "eval" / f"{benchmark}.parquet", TABLES["evals"])
+
+    def artifacts(self, table: str) -> list[Artifact]:
+        """Every artifact of `table` in this run, finished or not: one per round, or one per benchmark and round."""
+        if table == "evals":
+            found = []
+            for r in self.rounds():
+                folder = self.round_dir(r) / "eval"
+                names = {p.name.removesuffix(".parquet") for p in folder.glob("*.parquet")}
+                names |= {p.name[1:].removesuffix(".parts") for p in folder.glob(".*.parts")}  # interrupted
+                found += [self.eval_artifact(name, r) for name in sorted(names)]
+            return found
+        if table == "samples":
+            return [self.artifact(table)]
+        return [self.artifact(table, r) for r in self.rounds()]
+
     def require(self, table: str, round: int | None = None) -> Artifact:
         """A finished table of this run, or an error saying which command makes it."""
         art = self.artifact(table, round)
@@ -216,12 +234,17 @@ class Artifact:
     spec: TableSpec
 
     @property
+    def name(self) -> str:
+        """The file's name without `.parquet`: the table name, or the benchmark for an eval table."""
+        return self.path.name.removesuffix(".parquet")
+
+    @property
     def manifest_path(self) -> Path:
-        return self.path.with_name(f"{self.spec.name}.manifest.json")
+        return self.path.with_name(f"{self.name}.manifest.json")
 
     @property
     def parts_dir(self) -> Path:
-        return self.path.with_name(f".{self.spec.name}.parts")
+        return self.path.with_name(f".{self.name}.parts")
 
     @property
     def complete(self) -> bool:
@@ -448,7 +471,7 @@ def _remove_parts(art: Artifact) -> None:
         os.rename(art.parts_dir, art.parts_dir.with_name(f"{art.parts_dir.name}.done-{os.getpid()}"))
     for leftover in art.path.parent.glob(f"{art.parts_dir.name}.done-*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    for leftover in art.path.parent.glob(f".{art.spec.name}.*.tmp-*"):  # files whose write a kill cut short
+    for leftover in art.path.parent.glob(f".{art.name}.*.tmp-*"):  # files whose write a kill cut short
         leftover.unlink(missing_ok=True)
 
 
@@ -474,6 +497,13 @@ def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(changed) or "parameters differ"
 
 
+def _round_of(art: Artifact) -> int | None:
+    for folder in art.path.parents:
+        if folder.name.startswith("round="):
+            return int(folder.name.split("=", 1)[1])
+    return None
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -489,20 +519,20 @@ def describe_runs(workspace: str | Path | None = None, run: str | None = None) -
     for r in runs:
         busy = r.is_locked()
         tables = []
-        for round in [None] + r.rounds():
-            for name in TABLES:
-                art = r.artifact(name, round)
-                if art.complete and not art.in_progress:
-                    manifest = art.manifest() or {}
-                    counts = ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items())
-                    tables.append({"round": round, "table": name, "state": "done", "rows": manifest.get("rows"),
-                                   "detail": counts})
-                elif art.in_progress or art.path.is_file():
-                    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in art.parts_dir.glob("part-*.parquet.part"))
-                    if art.path.is_file():
-                        rows += pq.ParquetFile(art.path).metadata.num_rows
-                    state, detail = ("running", "") if busy else ("interrupted", "rerun the same command to resume")
-                    tables.append({"round": round, "table": name, "state": state, "rows": rows, "detail": detail})
+        arts = [a for name in TABLES for a in r.artifacts(name)]
+        for art in sorted(arts, key=lambda a: (_round_of(a) or 0, a.spec.name == "evals")):
+            round, name = _round_of(art), art.name if art.spec.name != "evals" else f"eval/{art.name}"
+            if art.complete and not art.in_progress:
+                manifest = art.manifest() or {}
+                counts = ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items())
+                tables.append({"round": round, "table": name, "state": "done", "rows": manifest.get("rows"),
+                               "detail": counts})
+            elif art.in_progress or art.path.is_file():
+                rows = sum(pq.ParquetFile(p).metadata.num_rows for p in art.parts_dir.glob("part-*.parquet.part"))
+                if art.path.is_file():
+                    rows += pq.ParquetFile(art.path).metadata.num_rows
+                state, detail = ("running", "") if busy else ("interrupted", "rerun the same command to resume")
+                tables.append({"round": round, "table": name, "state": state, "rows": rows, "detail": detail})
         top_errors: list[tuple[str, int]] = []
         samples = r.artifact("samples")
         if samples.complete:

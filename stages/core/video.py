@@ -46,9 +46,10 @@ class DecodedVideo:
 
 
 def read_video(path: str | Path, *, frames: int = 32, fps: float | None = None, max_side: int = 448,
-               threads: int = 1) -> DecodedVideo:
+               threads: int = 1, start_s: float | None = None, end_s: float | None = None) -> DecodedVideo:
     """Decode `frames` frames at uniform segment midpoints (or at `fps`, capped at `frames`), upright and resized
-    so the longer side is at most `max_side`. Raises VideoError with a one-line reason for anything unreadable."""
+    so the longer side is at most `max_side`. `start_s`/`end_s` restrict uniform sampling to that span of the clip.
+    Raises VideoError with a one-line reason for anything unreadable."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise VideoError("empty file (0 bytes)")
@@ -63,11 +64,34 @@ def read_video(path: str | Path, *, frames: int = 32, fps: float | None = None, 
         size = {"width": max(1, round(stored_width * scale)), "height": max(1, round(stored_height * scale))}
 
     with _utf8_path(path) as readable:
-        return _decode(readable, container, codec, turns, first_raw, size, frames, fps, max_side, threads)
+        return _decode(readable, container, codec, turns, first_raw, size, frames, fps, max_side, threads,
+                       (start_s, end_s))
+
+
+def read_frame_folder(folder: Path, *, frames: int = 32, max_side: int = 448, folder_fps: float = 3.0,
+                      start_s: float | None = None, end_s: float | None = None) -> DecodedVideo:
+    """A video stored as numbered JPEGs (some benchmarks ship frames, e.g. at 3 fps), sampled like a file."""
+    from PIL import Image
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise VideoError(f"no frames (.jpg or .png) in the folder {folder}")
+    starts = np.arange(len(files)) / folder_fps
+    duration = len(files) / folder_fps
+    indices, shortfall = _choose_indices(starts, duration, frames, None, (start_s, end_s))
+    try:
+        decoded = [_resize(np.asarray(Image.open(files[i]).convert("RGB")), max_side) for i in indices]
+    except OSError as e:
+        raise VideoError(f"unreadable frame in {folder}: {_first_line(e)}") from None
+    height, width = decoded[0].shape[:2]
+    return DecodedVideo(frames=decoded, indices=indices, timestamps_s=[round(float(starts[i]), 6) for i in indices],
+                        container="frames", codec="jpeg", duration_s=duration, fps=folder_fps, num_frames=len(files),
+                        width=width, height=height, rotation=0, variable_frame_rate=False, shortfall=shortfall)
 
 
 def _decode(path: Path, container: str, codec: str, turns: int, first_raw: np.ndarray, size: dict[str, int],
-            frames: int, fps: float | None, max_side: int, threads: int) -> DecodedVideo:
+            frames: int, fps: float | None, max_side: int, threads: int,
+            span: tuple[float | None, float | None]) -> DecodedVideo:
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)  # its FFmpeg would print to stderr; the row keeps the reason
@@ -84,7 +108,7 @@ def _decode(path: Path, container: str, codec: str, turns: int, first_raw: np.nd
     duration = float(starts_ends[-1, 1])
     if not np.isfinite(duration) or duration <= 0:
         raise VideoError(f"the video has no usable timestamps (duration {duration})")
-    indices, shortfall = _choose_indices(starts, duration, frames, fps)
+    indices, shortfall = _choose_indices(starts, duration, frames, fps, span)
 
     # decord may or may not have rotated already; compare with PyAV's raw first frame to find out.
     todo_turns = turns
@@ -156,12 +180,17 @@ def _probe(path: Path) -> tuple[str, str, int, np.ndarray]:
         raise VideoError(f"not a readable video: {e.strerror or _first_line(e)}") from None
 
 
-def _choose_indices(starts: np.ndarray, duration: float, frames: int,
-                    fps: float | None) -> tuple[list[int], str | None]:
-    total = len(starts)
+def _choose_indices(starts: np.ndarray, duration: float, frames: int, fps: float | None,
+                    span: tuple[float | None, float | None] = (None, None)) -> tuple[list[int], str | None]:
+    # A span (benchmark questions about part of a clip) narrows the frames to those that start inside it.
+    first = 0 if span[0] is None else int(np.searchsorted(starts, span[0], side="left"))
+    last = len(starts) if span[1] is None else int(np.searchsorted(starts, span[1], side="right"))
+    first = min(first, len(starts) - 1)
+    last = max(last, first + 1)
+    total = last - first
     if fps is None:
         # Segment midpoints in frame-index space: frame k of N is the middle frame of the k-th of N equal segments.
-        wanted = [int((k + 0.5) * total / frames) for k in range(frames)]
+        wanted = [first + int((k + 0.5) * total / frames) for k in range(frames)]
     else:
         times = np.arange(0.5 / fps, duration, 1.0 / fps)
         if len(times) > frames:  # the cap: spread `frames` samples over the whole clip rather than cut it short
