@@ -19,8 +19,8 @@ from stages.core.model import (
     Policy,
     adapter_fingerprint,
     adapter_for_round,
-    chunks,
     load_video,
+    pending_batches,
 )
 from stages.core.prompts import load_prompts
 from stages.core.records import Answer, Question
@@ -68,17 +68,18 @@ def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prom
     try:
         # A batch is sampled at one temperature, so batches are formed per temperature, videos kept together.
         for temperature in sorted({t for _, _, t in todo}):
-            group = sorted((s for s in todo if s[2] == temperature), key=lambda s: s[0].video_id)
-            for batch in chunks(group, model_cfg.batch_size):
+            group = sorted((s for s in slots if s[2] == temperature), key=lambda s: s[0].video_id)
+            for batch in pending_batches(group, model_cfg.batch_size,
+                                         lambda s: answer_id(s[0].question_id, s[2], s[1]) in writer.done_items):
                 videos = {vid: load_video(run, samples[vid]) for vid in {q.video_id for q, _, _ in batch}}
                 outputs = policy.generate([videos[q.video_id] for q, _, _ in batch],
                                           [prompt.render("answer", question=q.text) for q, _, _ in batch],
                                           keys=[answer_id(q.question_id, t, k) for q, k, t in batch],
                                           max_new_tokens=cfg.max_new_tokens, temperature=temperature)
                 for (q, k, t), out in zip(batch, outputs):
-                    writer.add(Answer(answer_id(q.question_id, t, k), q.question_id, q.video_id, out.text, t, k,
-                                      out.num_tokens, out.finished, prompt.version, policy.name))
-                    tick()
+                    if writer.add(Answer(answer_id(q.question_id, t, k), q.question_id, q.video_id, out.text, t, k,
+                                         out.num_tokens, out.finished, prompt.version, policy.name)):
+                        tick()
     finally:
         writer.close()
 

@@ -21,8 +21,8 @@ from stages.core.model import (
     Policy,
     adapter_fingerprint,
     adapter_for_round,
-    chunks,
     load_video,
+    pending_batches,
 )
 from stages.core.parsing import normalize_text, parse_questions
 from stages.core.prompts import KINDS, load_prompts
@@ -80,7 +80,8 @@ def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts
     policy = Policy.load(model_cfg, adapter) if todo else None
     try:
         # One batch of generations covers several videos, all their kinds at once.
-        for chunk in chunks(todo, max(1, model_cfg.batch_size // len(cfg.kinds))):
+        for chunk in pending_batches(videos, max(1, model_cfg.batch_size // len(cfg.kinds)),
+                                     lambda v: v.video_id in writer.done_items):
             loaded = {v.video_id: load_video(run, v) for v in chunk}
             requests = [(v, kind) for v in chunk for kind in cfg.kinds]
             outputs = policy.generate(
@@ -99,8 +100,8 @@ def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts
                         qid = question_id(video.video_id, kind, text)
                         questions.setdefault(qid, Question(qid, video.video_id, kind, text, parsed_as,
                                                            prompt.version, policy.name))
-                writer.add_item(video.video_id, list(questions.values()))
-                tick()
+                if writer.add_item(video.video_id, list(questions.values())):
+                    tick()
     finally:
         writer.close()
 

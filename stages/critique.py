@@ -27,8 +27,8 @@ from stages.core.model import (
     Policy,
     adapter_fingerprint,
     adapter_for_round,
-    chunks,
     load_video,
+    pending_batches,
 )
 from stages.core.parsing import parse_critique, parse_judge, parse_revision, similarity
 from stages.core.prompts import load_prompts
@@ -75,20 +75,22 @@ def run(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, *, pr
                             incremental=True)
     done_now = 0
     if not writer.up_to_date:
-        todo = sorted((a for a in answers if critique_id(a.answer_id, cfg.mode) not in writer.done_items),
-                      key=lambda a: a.video_id)
-        done_now = len(todo)
-        tick = progress(len(todo)) if progress and todo else (lambda: None)
-        policy = Policy.load(model_cfg, adapter) if todo else None
+        def done(a: Answer) -> bool:
+            return critique_id(a.answer_id, cfg.mode) in writer.done_items
+
+        ordered = sorted(answers, key=lambda a: a.video_id)
+        done_now = sum(not done(a) for a in ordered)
+        tick = progress(done_now) if progress and done_now else (lambda: None)
+        policy = Policy.load(model_cfg, adapter) if done_now else None
         try:
-            for batch in chunks(todo, model_cfg.batch_size):
+            for batch in pending_batches(ordered, model_cfg.batch_size, done):
                 videos = [load_video(run, samples[a.video_id]) for a in batch]
                 qs = [questions[a.question_id].text for a in batch]
                 rows = (_critique_and_revise if cfg.mode == "critique" else _judge)(
                     policy, prompt, cfg, batch, qs, videos)
                 for row in rows:
-                    writer.add(row)
-                    tick()
+                    if writer.add(row):
+                        tick()
         finally:
             writer.close()
         critiques = written_records(art)

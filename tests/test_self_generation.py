@@ -71,6 +71,31 @@ def test_rerunning_a_finished_stage_does_nothing_and_never_loads_the_model(tiny_
     assert all(result.up_to_date for result in again)
 
 
+def test_an_interrupted_batch_is_redone_whole_so_sampled_answers_match_an_uninterrupted_run(tiny_model, clip_folder):
+    from stages import sample
+
+    cfg = answer.AnswerConfig(candidates=2, temperatures=(0.9,), max_new_tokens=16)
+    mcfg = model_cfg(tiny_model)  # batches of 4 answers
+    runs = {}
+    for name in ("clean", "interrupted"):
+        runs[name] = open_run(name)
+        sample.run(runs[name], [clip_folder], sample.SampleConfig(frames=4, workers=1))
+        ask.run(runs[name], 1, ask.AskConfig(per_video=2, temperature=0.0, **FAST), mcfg)
+    answer.run(runs["clean"], 1, cfg, mcfg)
+
+    def stop_after_one(total):
+        def tick():
+            raise KeyboardInterrupt  # Ctrl-C right after the first answer of the first batch was recorded
+        return tick
+
+    with pytest.raises(KeyboardInterrupt):
+        answer.run(runs["interrupted"], 1, cfg, mcfg, progress=stop_after_one)
+    resumed = answer.run(runs["interrupted"], 1, cfg, mcfg)
+    assert resumed.items_done == resumed.counts["answers"] - 1
+    texts = [{a.answer_id: a.text for a in r.artifact("answers", 1).read()} for r in runs.values()]
+    assert texts[0] == texts[1]
+
+
 def test_changed_parameters_are_refused_without_force(tiny_model, sampled_run):
     mcfg = model_cfg(tiny_model)
     ask.run(sampled_run, 1, ask.AskConfig(per_video=4, **FAST), mcfg)
@@ -225,18 +250,19 @@ def test_cli_errors_are_one_line(tiny_model, sampled_run, tmp_path):
 
 
 STAGES = [
-    ["ask", "--per-video", "4", "--temperature", "0"],
-    ["answer", "--candidates", "2", "--temperatures", "0"],
-    ["critique"],
+    ["ask", "--per-video", "4", "--temperature", "0.8"],
+    ["answer", "--candidates", "2", "--temperatures", "0.5,0.9"],
+    ["critique", "--temperature", "0.7"],
 ]
 
 
 def test_kill_9_in_the_middle_of_each_stage_loses_and_duplicates_nothing(tiny_model, clip_folder, workspace):
-    """Each stage is killed once it has flushed some work, then rerun; with greedy decoding the result must equal
-    an uninterrupted run's, row for row."""
+    """Each stage is killed once it has flushed some work, then rerun. Sampling is on and batches hold several
+    items: the resumed run forms the same batches with the same seeds, so the result must equal an
+    uninterrupted run's, row for row."""
     savi = [sys.executable, "-c", "from savi_cli.main import app; app()"]
     env = dict(os.environ, SAVI_HOME=str(workspace))
-    common = ["--round", "1", "--model", str(tiny_model()), "--batch-size", "1", "--max-new-tokens", "48"]
+    common = ["--round", "1", "--model", str(tiny_model()), "--batch-size", "2", "--max-new-tokens", "48"]
     for name in ("clean", "killed"):
         subprocess.run(savi + ["sample", str(clip_folder), "--run", name, "--frames", "4"], env=env, check=True,
                        capture_output=True)

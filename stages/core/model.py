@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,6 +272,17 @@ def quiet_transformers() -> None:
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i:i + size] for i in range(0, len(items), max(1, size))]
+
+
+def pending_batches(items: Sequence[Any], size: int, done: Callable[[Any], bool]) -> Iterator[Sequence[Any]]:
+    """Batches of `items` that still hold work, cut from the whole list rather than from what is left.
+
+    So a resumed run forms the same batches as an uninterrupted one and, with per-batch seeds, draws the same
+    samples: a half-done batch is generated again whole, and only its missing items are kept.
+    """
+    for batch in chunks(items, size):
+        if not all(done(item) for item in batch):
+            yield batch
 
 
 def chat(prompt: str) -> list[dict[str, Any]]:

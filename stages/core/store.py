@@ -397,12 +397,13 @@ class ArtifactWriter:
         path = self.artifact.parts_dir / "started.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def add(self, record: Any) -> None:
-        self.add_item(getattr(record, self.spec.item), [record])
+    def add(self, record: Any) -> bool:
+        return self.add_item(getattr(record, self.spec.item), [record])
 
-    def add_item(self, item: Any, records: list[Any]) -> None:
+    def add_item(self, item: Any, records: list[Any]) -> bool:
+        """Record a finished item; False (and nothing written) if it was already done."""
         if item in self.done_items:
-            return
+            return False
         self.done_items.add(item)
         self._buffer.extend(records)
         if not records:
@@ -411,6 +412,7 @@ class ArtifactWriter:
         pending = len(self._buffer) + len(self._buffer_empty_items)
         if pending >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
+        return True
 
     def flush(self) -> None:
         if not self._buffer and not self._buffer_empty_items:
