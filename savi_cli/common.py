@@ -3,11 +3,11 @@
 import typer
 
 
-def model_config(model, load_in_4bit, dtype, device, batch_size, seed):
-    from stages.core.model import ModelConfig
+def model_config(run, **flags):
+    """The model settings: the flags given, else [model] of the run's savi.toml, else the defaults."""
+    from stages.core.config import resolve_model
 
-    return ModelConfig(model=model, load_in_4bit=load_in_4bit, dtype=dtype, device=device, batch_size=batch_size,
-                       seed=seed)
+    return resolve_model(run, flags)
 
 
 def report(result, noun: str) -> None:

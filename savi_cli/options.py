@@ -35,16 +35,27 @@ ModelOpt = Annotated[
     typer.Option("--model", "-m", help="Hub id or local folder of the base model. [default: the run's model, "
                                        "else Qwen/Qwen2.5-VL-7B-Instruct]"),
 ]
-Load4bitOpt = Annotated[bool, typer.Option("--load-in-4bit", help="Load the model in 4-bit NF4 (bitsandbytes).")]
-BatchSizeOpt = Annotated[
-    int, typer.Option("--batch-size", "-b", min=1, help="Prompts per batch; halved on CUDA out-of-memory.")
+# Settings of the model and of each stage: a flag that is not given (None) falls back to the run's savi.toml,
+# then to the default shown, so the defaults live in one place (the stage's config dataclass).
+Load4bitOpt = Annotated[
+    bool | None, typer.Option("--load-in-4bit/--no-load-in-4bit", show_default="off",
+                              help="Load the model in 4-bit NF4 (bitsandbytes).")
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for sampling.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option("--batch-size", "-b", min=1, show_default="4",
+                             help="Prompts per batch; halved on CUDA out-of-memory.")
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", show_default="0", help="Seed for sampling.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", show_default="auto", help="auto, cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[
+    str | None, typer.Option("--dtype", show_default="auto",
+                             help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")
+]
 PromptsOpt = Annotated[
     Path | None,
     typer.Option("--prompts", help="Folder of prompt files overriding the packaged ones (same file names).",
                  exists=True, file_okay=False),
 ]
-MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest generation, in tokens.")]
+MaxNewTokensOpt = Annotated[
+    int | None, typer.Option("--max-new-tokens", min=1, show_default="256", help="Longest generation, in tokens.")
+]

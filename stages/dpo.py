@@ -28,7 +28,6 @@ This module imports trl and transformers at the top: it is the training script, 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -41,7 +40,7 @@ from typing import Any
 from transformers import PrinterCallback, TrainerCallback
 from trl import DPOTrainer
 
-from stages.core.config import CONFIG_NAME, read_config, settle_model
+from stages.core.config import resolve, settle_model
 from stages.core.errors import SaviError
 from stages.core.model import (
     DEFAULT_MODEL,
@@ -85,18 +84,13 @@ class TrainConfig:
     save_steps: int = 50
     """Checkpoint every this many steps, for resuming after a crash."""
     gradient_checkpointing: bool = True
+    four_bit: bool = True
+    """QLoRA: the frozen base in 4-bit NF4. False trains plain LoRA on a bf16/fp32 base."""
 
 
 def resolve_config(run: Run, flags: dict[str, Any]) -> TrainConfig:
     """TrainConfig's defaults, then the run's `[dpo]` section of savi.toml, then the flags that were given."""
-    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    from_file = read_config(run).get("dpo", {})
-    unknown = sorted(set(from_file) - set(fields))
-    if unknown:
-        raise SaviError(f"unknown setting {', '.join(unknown)} in [dpo] of {run.path / CONFIG_NAME}; "
-                        f"known: {', '.join(fields)}")
-    given = {k: v for k, v in flags.items() if v is not None}
-    return TrainConfig(**{**from_file, **given})
+    return resolve(run, "dpo", TrainConfig, flags)
 
 
 def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force: bool = False,
@@ -109,12 +103,13 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
         raise SaviError(f"round {round} of run '{run.name}' kept no pairs to train on (see `savi query \"select "
                         f"drop_reason, count(*) from pairs where round = {round} group by 1\"`)")
     previous = adapter_for_round(run, round)
-    model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL))
+    model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL),
+                        load_in_4bit=cfg.four_bit)
 
     round_dir = run.round_dir(round)
     adapter_dir, checkpoints = round_dir / "adapter", round_dir / ".checkpoints"
-    params = {**asdict(cfg), "model": model_cfg.model, "load_in_4bit": model_cfg.load_in_4bit,
-              "seed": model_cfg.seed, "starts_from": adapter_fingerprint(previous)}
+    params = {**asdict(cfg), "model": model_cfg.model, "seed": model_cfg.seed,
+              "starts_from": adapter_fingerprint(previous)}
     inputs = {"pairs": file_sha256(pairs_art.path)}
     log_art = run.artifact("train_log", round)
     if force:

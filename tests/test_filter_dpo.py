@@ -126,7 +126,7 @@ def write_pairs(run, round, n=6):
 
 def train_cfg(**kw):
     return dpo.TrainConfig(**{"learning_rate": 2e-3, "batch_size": 2, "grad_accum": 1, "lora_r": 8,
-                              "lora_dropout": 0.0, "gradient_checkpointing": False, **kw})
+                              "lora_dropout": 0.0, "gradient_checkpointing": False, "four_bit": False, **kw})
 
 
 def lora_and_base(model):

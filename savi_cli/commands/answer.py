@@ -28,16 +28,16 @@ def answer(
     input: InputArg = None,
     run: StageRunOpt = None,
     round: RoundOpt = None,
-    candidates: Annotated[int, typer.Option(min=1, help="Answers per question.")] = 1,
-    temperatures: Annotated[str, typer.Option(help="Candidate k is sampled at the k-th of these (cycling).")] =
-    "0.3,0.5,0.7,0.9,1.0",
-    max_new_tokens: MaxNewTokensOpt = 256,
+    candidates: Annotated[int | None, typer.Option(min=1, show_default="1", help="Answers per question.")] = None,
+    temperatures: Annotated[str | None, typer.Option(show_default="0.3,0.5,0.7,0.9,1.0", help="Candidate k is "
+                                                     "sampled at the k-th of these (cycling).")] = None,
+    max_new_tokens: MaxNewTokensOpt = None,
     model: ModelOpt = None,
-    load_in_4bit: Load4bitOpt = False,
-    batch_size: BatchSizeOpt = 4,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    load_in_4bit: Load4bitOpt = None,
+    batch_size: BatchSizeOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     prompts: PromptsOpt = None,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
@@ -45,24 +45,30 @@ def answer(
     """The policy answers each question of a round, once or several times.
 
     One candidate (the default) gives VideoSAVi v3's initial answer; five give v1's spread of temperatures
-    for `savi critique --mode judge`. Prints the answers table's path.
+    for `savi critique --mode judge`. Options not given come from the run's savi.toml ([answer] and [model]),
+    then the defaults. Prints the answers table's path.
 
     Example:
 
         savi answer --run kitchen --round 1 --candidates 5
     """
     from stages import answer as answer_stage
+    from stages.core.config import resolve
     from stages.core.errors import SaviError
 
-    try:
-        temps = tuple(float(t) for t in split_list(temperatures))
-    except ValueError:
-        raise SaviError(f"--temperatures {temperatures!r} is not a comma-separated list of numbers") from None
+    temps = None
+    if temperatures is not None:
+        try:
+            temps = tuple(float(t) for t in split_list(temperatures))
+        except ValueError:
+            raise SaviError(f"--temperatures {temperatures!r} is not a comma-separated list of numbers") from None
     the_run, the_round = pipes.resolve(input, run, round, workspace)
-    cfg = answer_stage.AnswerConfig(candidates=candidates, temperatures=temps, max_new_tokens=max_new_tokens)
+    cfg = resolve(the_run, "answer", answer_stage.AnswerConfig,
+                  dict(candidates=candidates, temperatures=temps, max_new_tokens=max_new_tokens))
     with the_run.lock():
         result = answer_stage.run(the_run, the_round, cfg,
-                                  model_config(model, load_in_4bit, dtype, device, batch_size, seed),
+                                  model_config(the_run, model=model, load_in_4bit=load_in_4bit, dtype=dtype,
+                                               device=device, batch_size=batch_size, seed=seed),
                                   prompts_dir=prompts, force=force,
                                   progress=lambda total: progress_bar(total, "answer", "answer"))
     report(result, "answers")

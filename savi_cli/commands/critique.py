@@ -28,19 +28,22 @@ def critique(
     input: InputArg = None,
     run: StageRunOpt = None,
     round: RoundOpt = None,
-    mode: Annotated[Literal["critique", "judge"], typer.Option(
+    mode: Annotated[Literal["critique", "judge"] | None, typer.Option(
+        show_default="critique",
         help="critique: critique each answer, then revise it (VideoSAVi v3). judge: score the candidates 1-5 and "
-             "pair the best with the worst (v1).")] = "critique",
-    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature (0: greedy).")] = 0.0,
-    unchanged_similarity: Annotated[float, typer.Option(min=0.0, max=1.0, help="A revision this similar to the "
-                                                                               "answer counts as unchanged.")] = 0.9,
-    max_new_tokens: MaxNewTokensOpt = 256,
+             "pair the best with the worst (v1).")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, show_default="0.0",
+                                                      help="Sampling temperature (0: greedy).")] = None,
+    unchanged_similarity: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, show_default="0.9", help="A revision this similar to the answer counts as unchanged.")] =
+    None,
+    max_new_tokens: MaxNewTokensOpt = None,
     model: ModelOpt = None,
-    load_in_4bit: Load4bitOpt = False,
-    batch_size: BatchSizeOpt = 4,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    load_in_4bit: Load4bitOpt = None,
+    batch_size: BatchSizeOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     prompts: PromptsOpt = None,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
@@ -48,20 +51,24 @@ def critique(
     """The policy critiques its answers and proposes preference pairs for `savi filter`.
 
     Writes critiques.parquet, then candidates.parquet (every pair, the unusable ones with their reason).
-    Prints the critiques table's path.
+    Options not given come from the run's savi.toml ([critique] and [model]), then the defaults. Prints the
+    critiques table's path.
 
     Example:
 
         savi critique --run kitchen --round 1 --mode critique
     """
     from stages import critique as critique_stage
+    from stages.core.config import resolve
 
     the_run, the_round = pipes.resolve(input, run, round, workspace)
-    cfg = critique_stage.CritiqueConfig(mode=mode, temperature=temperature, max_new_tokens=max_new_tokens,
-                                        unchanged_similarity=unchanged_similarity)
+    cfg = resolve(the_run, "critique", critique_stage.CritiqueConfig, dict(
+        mode=mode, temperature=temperature, max_new_tokens=max_new_tokens,
+        unchanged_similarity=unchanged_similarity))
     with the_run.lock():
         result = critique_stage.run(the_run, the_round, cfg,
-                                    model_config(model, load_in_4bit, dtype, device, batch_size, seed),
+                                    model_config(the_run, model=model, load_in_4bit=load_in_4bit, dtype=dtype,
+                                                 device=device, batch_size=batch_size, seed=seed),
                                     prompts_dir=prompts, force=force,
                                     progress=lambda total: progress_bar(total, "critique", "answer"))
     report(result, "answers")

@@ -43,12 +43,12 @@ def dpo(
                                                   help="Stop after this many optimizer steps (-1: --epochs).")] = None,
     save_steps: Annotated[int | None, typer.Option(min=1, show_default="50",
                                                    help="Checkpoint every this many steps.")] = None,
-    four_bit: Annotated[bool, typer.Option("--4bit/--no-4bit", help="QLoRA on a 4-bit NF4 base (default), or "
-                                                                     "plain LoRA.")] = True,
+    four_bit: Annotated[bool | None, typer.Option("--4bit/--no-4bit", show_default="--4bit",
+                                                  help="QLoRA on a 4-bit NF4 base, or plain LoRA.")] = None,
     model: ModelOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
 ) -> None:
@@ -69,9 +69,10 @@ def dpo(
     cfg = dpo_stage.resolve_config(the_run, dict(
         beta=beta, loss=loss, clip_gamma=clip_gamma, learning_rate=learning_rate, epochs=epochs,
         batch_size=batch_size, grad_accum=grad_accum, lora_r=lora_r, lora_alpha=lora_alpha, max_steps=max_steps,
-        save_steps=save_steps))
+        save_steps=save_steps, four_bit=four_bit))
     with the_run.lock():
         result = dpo_stage.run(the_run, the_round, cfg,
-                               model_config(model, four_bit, dtype, device, cfg.batch_size, seed), force=force,
+                               model_config(the_run, model=model, dtype=dtype, device=device, seed=seed),
+                               force=force,
                                progress=lambda total: progress_bar(total, "dpo", "step"))
     report(result, "pairs")

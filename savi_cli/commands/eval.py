@@ -35,20 +35,25 @@ def eval_command(
                                                    "[default: the benchmark's usual one]")] = None,
     videos: Annotated[Path | None, typer.Option(help="Folder of the videos, if not where the benchmark's layout "
                                                      "puts them under --data.")] = None,
-    mode: Annotated[Literal["likelihood", "generate"], typer.Option(
+    mode: Annotated[Literal["likelihood", "generate"] | None, typer.Option(
+        show_default="likelihood",
         help="likelihood: score each option's label (never unparsed). generate: write a reply and parse it.")] =
-    "likelihood",
-    frames: Annotated[int, typer.Option(min=1, help="Frames sampled per question.")] = 32,
-    max_side: Annotated[int, typer.Option(min=16, help="Longest frame side in pixels.")] = 448,
+    None,
+    frames: Annotated[int | None, typer.Option(min=1, show_default="32", help="Frames sampled per question.")] =
+    None,
+    max_side: Annotated[int | None, typer.Option(min=16, show_default="448",
+                                                 help="Longest frame side in pixels.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
-    allow_missing: Annotated[bool, typer.Option(help="Evaluate the questions whose video exists, instead of "
-                                                     "stopping at missing videos.")] = False,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest reply in generate mode.")] = 16,
+    allow_missing: Annotated[bool | None, typer.Option(
+        "--allow-missing/--no-allow-missing", show_default="off",
+        help="Evaluate the questions whose video exists, instead of stopping at missing videos.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, show_default="16",
+                                                       help="Longest reply in generate mode.")] = None,
     model: ModelOpt = None,
-    load_in_4bit: Load4bitOpt = False,
-    batch_size: BatchSizeOpt = 4,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    load_in_4bit: Load4bitOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
 ) -> None:
@@ -56,13 +61,15 @@ def eval_command(
 
     Writes one row per question to round=R/eval/BENCH.parquet, the accuracy (overall and per category) to
     BENCH.summary.json, and for hidden-answer splits the leaderboard's submission file. Rerunning resumes.
-    Compare rounds with `savi report`. Prints the table's path.
+    Options not given come from the run's savi.toml ([eval] and [model]). Compare rounds with `savi report`.
+    Prints the table's path.
 
     Example:
 
         savi eval egoschema --data ~/data/egoschema --run kitchen --round 1
     """
     from stages import eval as eval_stage
+    from stages.core.config import resolve
     from stages.core.store import existing_run, open_run
 
     if run is None and model is not None:
@@ -73,12 +80,14 @@ def eval_command(
         the_run = open_run(run, workspace)
     if round is None:
         round = eval_stage.latest_trained_round(the_run)
-    cfg = eval_stage.EvalConfig(benchmark=benchmark, data=data, split=split, videos=videos, mode=mode,
-                                frames=frames, max_side=max_side, limit=limit, allow_missing=allow_missing,
-                                max_new_tokens=max_new_tokens)
+    source = eval_stage.BenchmarkSource(benchmark, data, split, videos)
+    cfg = resolve(the_run, "eval", eval_stage.EvalConfig, dict(
+        mode=mode, frames=frames, max_side=max_side, limit=limit, allow_missing=allow_missing,
+        max_new_tokens=max_new_tokens))
     with the_run.lock():
-        outcome = eval_stage.run(the_run, round, cfg,
-                                 model_config(model, load_in_4bit, dtype, device, batch_size, 0), force=force,
+        outcome = eval_stage.run(the_run, round, source, cfg,
+                                 model_config(the_run, model=model, load_in_4bit=load_in_4bit, dtype=dtype,
+                                              device=device, batch_size=batch_size), force=force,
                                  progress=lambda total: progress_bar(total, f"eval {benchmark}", "question"))
     s = outcome.summary
     accuracy = "n/a (answers hidden)" if s["accuracy"] is None else \

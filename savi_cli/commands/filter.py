@@ -5,7 +5,7 @@ import typer
 from savi_cli import pipes
 from savi_cli.common import report
 from savi_cli.errors import user_errors
-from savi_cli.options import ForceOpt, InputArg, RoundOpt, StageRunOpt, WorkspaceOpt
+from savi_cli.options import DeviceOpt, ForceOpt, InputArg, RoundOpt, StageRunOpt, WorkspaceOpt
 from savi_cli.progress import progress_bar
 
 
@@ -14,30 +14,33 @@ def filter(
     input: InputArg = None,
     run: StageRunOpt = None,
     round: RoundOpt = None,
-    swap_margin: Annotated[float, typer.Option(help="Swap when the rejected text is more grounded by more than "
-                                                    "this (CLIP score).")] = 0.0,
-    min_clip_margin: Annotated[float, typer.Option(help="Drop pairs whose chosen-minus-rejected CLIP score is below "
-                                                        "this.")] = 0.0,
-    near_duplicate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Drop pairs whose texts are this "
-                                                                         "similar.")] = 0.9,
-    max_length_ratio: Annotated[float, typer.Option(min=1.0, help="Drop pairs where one text is this many times "
-                                                                  "longer.")] = 3.0,
-    clip_model: Annotated[str, typer.Option(help="open_clip model name, or local-dir:DIR.")] = "ViT-B-32",
-    clip_weights: Annotated[str, typer.Option(help="Pretrained tag, weights file, local-dir:DIR, or random "
-                                                   "(tests only).")] = "openai",
-    clip_pooling: Annotated[Literal["mean", "max", "topk"], typer.Option(
-        help="How per-frame cosines become one score.")] = "mean",
-    clip_topk: Annotated[int, typer.Option(min=1, help="k of --clip-pooling topk.")] = 4,
-    text_pooling: Annotated[Literal["mean", "max"], typer.Option(
-        help="How the sentences of a long text are pooled.")] = "mean",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    swap_margin: Annotated[float | None, typer.Option(
+        show_default="0.0", help="Swap when the rejected text is more grounded by more than this (CLIP score).")] =
+    None,
+    min_clip_margin: Annotated[float | None, typer.Option(
+        show_default="0.0", help="Drop pairs whose chosen-minus-rejected CLIP score is below this.")] = None,
+    near_duplicate: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, show_default="0.9", help="Drop pairs whose texts are this similar.")] = None,
+    max_length_ratio: Annotated[float | None, typer.Option(
+        min=1.0, show_default="3.0", help="Drop pairs where one text is this many times longer.")] = None,
+    clip_model: Annotated[str | None, typer.Option(show_default="ViT-B-32",
+                                                   help="open_clip model name, or local-dir:DIR.")] = None,
+    clip_weights: Annotated[str | None, typer.Option(
+        show_default="openai", help="Pretrained tag, weights file, local-dir:DIR, or random (tests only).")] = None,
+    clip_pooling: Annotated[Literal["mean", "max", "topk"] | None, typer.Option(
+        show_default="mean", help="How per-frame cosines become one score.")] = None,
+    clip_topk: Annotated[int | None, typer.Option(min=1, show_default="4", help="k of --clip-pooling topk.")] = None,
+    text_pooling: Annotated[Literal["mean", "max"] | None, typer.Option(
+        show_default="mean", help="How the sentences of a long text are pooled.")] = None,
+    device: DeviceOpt = None,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Keep the candidate pairs grounded in the video: critique verdicts, text rules, CLIP swap and margin.
 
     Every pair lands in pairs.parquet, the kept ones with their CLIP scores, the dropped ones with their reason.
-    Frame embeddings are cached in the run, so later rounds and eval reuse them. Prints the pairs table's path.
+    Frame embeddings are cached in the run, so later rounds reuse them. Options not given come from the run's
+    savi.toml ([filter] and [clip]), then the defaults. Prints the pairs table's path.
 
     Example:
 
@@ -45,12 +48,15 @@ def filter(
     """
     from stages import filter as filter_stage
     from stages.core.clip import ClipConfig
+    from stages.core.config import resolve
 
     the_run, the_round = pipes.resolve(input, run, round, workspace)
-    cfg = filter_stage.FilterConfig(swap_margin=swap_margin, min_clip_margin=min_clip_margin,
-                                    near_duplicate=near_duplicate, max_length_ratio=max_length_ratio)
-    clip_cfg = ClipConfig(model=clip_model, weights=clip_weights, pooling=clip_pooling, topk=clip_topk,
-                          text_pooling=text_pooling, device=device)
+    cfg = resolve(the_run, "filter", filter_stage.FilterConfig, dict(
+        swap_margin=swap_margin, min_clip_margin=min_clip_margin, near_duplicate=near_duplicate,
+        max_length_ratio=max_length_ratio))
+    clip_cfg = resolve(the_run, "clip", ClipConfig, dict(
+        model=clip_model, weights=clip_weights, pooling=clip_pooling, topk=clip_topk, text_pooling=text_pooling,
+        device=device))
     with the_run.lock():
         result = filter_stage.run(the_run, the_round, cfg, clip_cfg, force=force,
                                   progress=lambda total: progress_bar(total, "filter", "pair"))

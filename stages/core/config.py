@@ -7,6 +7,7 @@ defaults, and a command that names a different model is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,40 @@ def settle_model(run: Run, requested: str | None, default: str) -> str:
     if recorded is None:
         update_config(run, "model", {"id": model})
     return model
+
+
+def resolve(run: Run, section: str, config_class: type, flags: dict[str, Any] | None = None) -> Any:
+    """A stage's settings: the dataclass defaults, then `[section]` of the run's savi.toml, then the flags given
+    (None: not given). Unknown keys in the file are an error, so a typo never passes silently."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    from_file = read_config(run).get(section, {})
+    if not isinstance(from_file, dict):
+        raise SaviError(f"[{section}] of {run.path / CONFIG_NAME} must be a table of settings")
+    unknown = sorted(set(from_file) - set(fields))
+    if unknown:
+        raise SaviError(f"unknown setting {', '.join(unknown)} in [{section}] of {run.path / CONFIG_NAME}; "
+                        f"known: {', '.join(fields)}")
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    values = {**from_file, **given}
+    # TOML has arrays where the dataclasses have tuples (hashable, so configs can be compared and fingerprinted).
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return config_class(**values)
+    except TypeError as e:
+        raise SaviError(f"bad settings for [{section}]: {e}") from None
+
+
+def resolve_model(run: Run, flags: dict[str, Any] | None = None) -> Any:
+    """ModelConfig from `[model]` of savi.toml (where the model itself is `id`) and the flags given."""
+    from stages.core.model import ModelConfig
+
+    section = dict(read_config(run).get("model", {}))
+    if "id" in section:
+        section["model"] = section.pop("id")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(section) - fields)
+    if unknown:
+        raise SaviError(f"unknown setting {', '.join(unknown)} in [model] of {run.path / CONFIG_NAME}; "
+                        f"known: id, {', '.join(sorted(fields - {'model'}))}")
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    return ModelConfig(**{**section, **given})

@@ -1,0 +1,251 @@
+"""`savi eval` and `savi report` on tiny real models, over benchmark fixtures written in each real layout."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from savi_cli.main import app
+from stages import eval as eval_stage
+from stages.core import synthetic
+from stages.core.errors import SaviError
+from stages.core.model import ModelConfig
+from stages.core.parsing import parse_choice
+from stages.core.query import run_query
+from stages.core.store import open_run
+from stages.core.synthetic_benchmarks import LAYOUTS, write_benchmark
+from stages.core.video import read_frame_folder, read_video
+
+pytestmark = pytest.mark.slow
+
+runner = CliRunner()
+
+
+def evaluate(run, data, tiny_model, round=0, benchmark="egoschema", split=None, **kw):
+    source = eval_stage.BenchmarkSource(benchmark, data, split)
+    cfg = eval_stage.EvalConfig(frames=kw.pop("frames", 4), **kw)
+    return eval_stage.run(run, round, source, cfg, ModelConfig(model=str(tiny_model()), batch_size=3))
+
+
+def save_random_adapter(run, round, tiny_model):
+    """A round's trained adapter with non-zero weights, where `savi dpo` saves it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(round)
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(tiny_model()),
+                           LoraConfig(r=4, lora_alpha=64, init_lora_weights=False,
+                                      target_modules=r".*language_model.*\.(q_proj|v_proj|o_proj)"))
+    model.save_pretrained(run.round_dir(round) / "adapter")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Frames for benchmark questions: time spans and frame folders
+
+
+def test_a_time_span_restricts_the_sampled_frames(tmp_path):
+    path = synthetic.write_video(tmp_path / "v.mp4", num_frames=40, fps=10, size=(64, 48)).path
+    whole = read_video(path, frames=4)
+    span = read_video(path, frames=4, start_s=1.0, end_s=2.0)
+    assert whole.indices == [5, 15, 25, 35]
+    assert all(1.0 <= t <= 2.0 for t in span.timestamps_s) and len(span.indices) == 4
+    assert span.indices == [11, 14, 16, 19]  # midpoints of 4 segments of frames 10..20 (t = 1.0 .. 2.0 s)
+
+
+def test_a_frame_folder_is_sampled_like_a_video(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((24, 32, 3), i * 20, np.uint8)).save(folder / f"{i + 1:05d}.jpg")
+    decoded = read_frame_folder(folder, frames=3, folder_fps=3.0, start_s=1.0, end_s=3.0)
+    assert decoded.indices == [4, 6, 8] and decoded.timestamps_s == pytest.approx([4 / 3, 2.0, 8 / 3])
+    assert [int(f.mean()) for f in decoded.frames] == pytest.approx([80, 120, 160], abs=2)
+    assert decoded.num_frames == 12 and decoded.fps == 3.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every benchmark, in every layout, through the model
+
+
+@pytest.mark.parametrize("name,layout", [(n, layout) for n, layouts in LAYOUTS.items() for layout in layouts])
+def test_every_benchmark_layout_is_evaluated_end_to_end(name, layout, tiny_model, tmp_path, workspace):
+    data = write_benchmark(name, tmp_path, questions=2, layout=layout)
+    run = open_run("t")
+    split = "test" if (name, layout) == ("nextqa", "hf") else None  # the HF mirror has the test split only
+    outcome = evaluate(run, data, tiny_model, benchmark=name, frames=2, limit=6, split=split)
+    rows = run.eval_artifact(outcome.table, 0).read()
+    assert len(rows) == outcome.summary["evaluated"] > 0
+    assert all(r.error is None and r.num_frames == 2 for r in rows)
+    for r in rows:
+        assert r.prediction == int(np.argmax(r.option_scores)) and len(r.option_scores) == len(r.options)
+        assert r.correct == (None if r.answer is None else r.prediction == r.answer)
+    scored = [r for r in rows if r.answer is not None]
+    assert outcome.summary["questions"] == len(scored)
+    if scored:
+        assert outcome.summary["accuracy"] == pytest.approx(sum(r.correct for r in scored) / len(scored), abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Round against round, through the CLI
+
+
+def test_round_0_and_round_1_through_the_cli_then_report(tiny_model, tmp_path, workspace):
+    data = write_benchmark("egoschema", tmp_path, questions=6)
+    base = ["eval", "egoschema", "--data", str(data), "--run", "t", "--frames", "4"]
+    first = runner.invoke(app, base + ["--model", str(tiny_model()), "--round", "0"])
+    assert first.exit_code == 0, first.output
+    assert first.stdout.strip().endswith("round=0/eval/egoschema.parquet")
+    assert "egoschema round 0 (likelihood): accuracy" in first.stderr
+
+    run = open_run("t")
+    not_trained = runner.invoke(app, base + ["--round", "1"])
+    assert not_trained.exit_code == 1 and "round 1 of run 't' has no trained adapter" in not_trained.stderr
+    save_random_adapter(run, 1, tiny_model)
+    second = runner.invoke(app, base)  # the latest trained round by default
+    assert second.exit_code == 0, second.output
+    assert "egoschema round 1 (likelihood)" in second.stderr
+
+    r0, r1 = (run.eval_artifact("egoschema", r).read() for r in (0, 1))
+    assert [r.question_id for r in r0] == [r.question_id for r in r1]
+    assert [r.option_scores for r in r0] != [r.option_scores for r in r1]  # the adapter changed the model
+    assert r1[0].model.endswith("+round=1")
+
+    report = runner.invoke(app, ["report", "--run", "t", "--format", "json"])
+    assert report.exit_code == 0, report.output
+    (row,) = json.loads(report.stdout)
+    acc = [sum(r.correct for r in rows) / len(rows) for rows in (r0, r1)]
+    assert row["benchmark"] == "egoschema" and row["questions"] == "4"
+    assert row["round 0"] == f"{100 * acc[0]:.1f}" and row["round 1"] == f"{100 * acc[1]:.1f}"
+    assert row["change"] == f"{100 * (acc[1] - acc[0]):+.1f}"
+    with Image.open(run.path / "report.png") as chart:
+        assert chart.format == "PNG" and chart.size[0] > 300
+
+    columns, rows = run_query("select round, count(*), sum(correct::int) from evals group by 1 order by 1")
+    assert rows == [(0, 4, sum(r.correct for r in r0)), (1, 4, sum(r.correct for r in r1))]
+
+
+def test_report_without_evaluations_says_what_to_run(tiny_model, sampled_run):
+    result = runner.invoke(app, ["report", "--run", "t"])
+    assert result.exit_code == 1 and "has no evaluations yet" in result.stderr and "--round 0" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generate mode
+
+
+def test_generate_mode_counts_unparsed_replies_instead_of_guessing(tiny_model, tmp_path, workspace):
+    data = write_benchmark("tempcompass", tmp_path, questions=2)
+    run = open_run("t")
+    outcome = evaluate(run, data, tiny_model, benchmark="tempcompass", mode="generate", max_new_tokens=6)
+    rows = run.eval_artifact("tempcompass", 0).read()
+    for r in rows:
+        assert (r.prediction, r.parsed_as) == parse_choice(r.response, r.options)
+        assert r.option_scores == [] and r.correct == (r.prediction == r.answer)
+    unparsed = sum(r.prediction is None for r in rows)
+    assert outcome.summary["unparsed"] == unparsed
+    assert outcome.summary["accuracy"] == pytest.approx(sum(r.correct for r in rows) / len(rows), abs=1e-4)
+    answered = len(rows) - unparsed
+    expected = round(sum(r.correct for r in rows) / answered, 4) if answered else None
+    assert outcome.summary["accuracy_answered"] == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume, reruns and parameters
+
+
+def test_an_interrupted_eval_resumes_with_nothing_lost_or_duplicated(tiny_model, tmp_path, workspace):
+    data = write_benchmark("nextqa", tmp_path, questions=7)
+    clean = open_run("clean")
+    evaluate(clean, data, tiny_model, benchmark="nextqa")
+    cut = open_run("cut")
+
+    def stop_after(n):
+        def progress(total):
+            seen = []
+
+            def tick():
+                seen.append(1)
+                if len(seen) == n:
+                    raise KeyboardInterrupt
+            return tick
+        return progress
+
+    source, cfg = eval_stage.BenchmarkSource("nextqa", data), eval_stage.EvalConfig(frames=4)
+    mcfg = ModelConfig(model=str(tiny_model()), batch_size=3)
+    with pytest.raises(KeyboardInterrupt):
+        eval_stage.run(cut, 0, source, cfg, mcfg, progress=stop_after(4))
+    assert cut.eval_artifact("nextqa", 0).in_progress
+    resumed = eval_stage.run(cut, 0, source, cfg, mcfg)
+    assert resumed.result.items_done == 3 and resumed.summary["questions"] == 7
+    rows = [cut.eval_artifact("nextqa", 0).read_table().drop_columns(["model"]).to_pylist(),
+            clean.eval_artifact("nextqa", 0).read_table().drop_columns(["model"]).to_pylist()]
+    assert rows[0] == rows[1]
+
+
+def test_a_finished_eval_is_not_redone_a_larger_limit_adds_and_a_new_mode_needs_force(tiny_model, tmp_path,
+                                                                                      workspace, monkeypatch):
+    data = write_benchmark("nextqa", tmp_path, questions=6)
+    run = open_run("t")
+    assert evaluate(run, data, tiny_model, benchmark="nextqa", limit=2).summary["questions"] == 2
+    grown = evaluate(run, data, tiny_model, benchmark="nextqa", limit=5)
+    assert grown.result.items_done == 3 and grown.summary["questions"] == 5
+    with pytest.raises(SaviError, match="different parameters.*mode"):
+        evaluate(run, data, tiny_model, benchmark="nextqa", limit=5, mode="generate")
+    from stages.core.model import Policy
+    monkeypatch.setattr(Policy, "load", lambda *a, **k: pytest.fail("a finished eval must not load the model"))
+    assert evaluate(run, data, tiny_model, benchmark="nextqa", limit=5).result.up_to_date
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_missing_videos_are_counted_and_named_and_allow_missing_evaluates_the_rest(tiny_model, tmp_path, workspace):
+    data = write_benchmark("egoschema", tmp_path, questions=6)
+    gone = sorted((data / "videos").glob("*.mp4"))[0]
+    gone.unlink()
+    run = open_run("t")
+    with pytest.raises(SaviError, match=rf"1 video of egoschema missing .*\({gone.stem}\).*--allow-missing"):
+        evaluate(run, data, tiny_model)
+    outcome = evaluate(run, data, tiny_model, allow_missing=True)
+    assert outcome.summary["missing_videos"] == 1
+    assert gone.stem not in {r.question_id for r in run.eval_artifact("egoschema", 0).read()}
+
+
+def test_a_corrupt_video_is_an_error_row_and_is_left_out_of_the_accuracy(tiny_model, tmp_path, workspace):
+    data = write_benchmark("egoschema", tmp_path, questions=6)
+    answered = sorted(json.loads((data / "subset_answers.json").read_text()))
+    synthetic.write_corrupt(data / "videos" / f"{answered[0]}.mp4")
+    run = open_run("t")
+    outcome = evaluate(run, data, tiny_model)
+    rows = {r.question_id: r for r in run.eval_artifact("egoschema", 0).read()}
+    bad = rows[answered[0]]
+    assert bad.error and bad.prediction is None and bad.correct is None
+    assert outcome.summary["video_errors"] == 1 and outcome.summary["questions"] == len(rows) - 1
+
+
+def test_hidden_answers_give_a_submission_file(tiny_model, tmp_path, workspace):
+    data = write_benchmark("egoschema", tmp_path, questions=6)
+    run = open_run("t")
+    outcome = evaluate(run, data, tiny_model, split="full")
+    assert outcome.table == "egoschema-full"
+    rows = run.eval_artifact("egoschema-full", 0).read()
+    assert len(rows) == 6 and outcome.summary["hidden_answers"] == 2 and outcome.summary["questions"] == 4
+    submitted = json.loads(outcome.submission_path.read_text())
+    assert submitted == {r.question_id: r.prediction for r in rows}
+
+
+def test_cli_errors_for_bad_benchmarks_are_one_line(tmp_path, workspace, tiny_model):
+    base = ["--data", str(tmp_path), "--model", str(tiny_model())]
+    unknown = runner.invoke(app, ["eval", "egoshema"] + base)
+    assert unknown.exit_code == 1 and "egoschema" in unknown.stderr and "mvbench" in unknown.stderr
+    missing = runner.invoke(app, ["eval", "nextqa"] + base)
+    assert missing.exit_code == 1 and len(missing.stderr.strip().splitlines()) == 1
+    (tmp_path / "questions.json").write_text('[{"q_uid": "a",}]')
+    (tmp_path / "subset_answers.json").write_text("{}")
+    malformed = runner.invoke(app, ["eval", "egoschema"] + base)
+    assert malformed.exit_code == 1 and "questions.json" in malformed.stderr and "line 1" in malformed.stderr
+    assert len(malformed.stderr.strip().splitlines()) == 1
