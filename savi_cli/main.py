@@ -21,6 +21,7 @@ from savi_cli.commands import (
     filter,
     query,
     report,
+    round,
     sample,
     status,
     tiny_model,
@@ -46,6 +47,7 @@ def main() -> None:
 
 
 app.command("sample")(sample.sample)
+app.command("round")(round.round_command)
 app.command("ask")(ask.ask)
 app.command("answer")(answer.answer)
 app.command("critique")(critique.critique)
@@ -55,7 +57,7 @@ app.command("eval")(eval.eval_command)
 app.command("report")(report.report)
 app.command("query")(query.query)
 app.command("status")(status.status)
+app.command("demo")(demo.demo)
 app.command("tiny-model")(tiny_model.tiny_model)
 app.command("tiny-clip")(tiny_model.tiny_clip)
-app.command("demo")(demo.demo)
 app.add_typer(export.app, name="export")

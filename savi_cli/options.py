@@ -16,7 +16,9 @@ FormatOpt = Annotated[
     Literal["table", "csv", "json", "jsonl"],
     typer.Option("--format", "-f", help="Output format."),
 ]
-WorkersOpt = Annotated[int, typer.Option("--workers", "-j", min=1, help="Videos processed in parallel.")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", "-j", min=1, show_default="1", help="Videos processed in parallel.")
+]
 
 # Stages that use the policy model.
 InputArg = Annotated[

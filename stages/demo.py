@@ -1,10 +1,13 @@
 """The demo: the main job on an embedded default, offline, on a CPU, in a few minutes.
 
 It writes the example videos (moving shapes, several containers, a rotated phone clip, a variable-frame-rate
-clip and a few broken files), builds a tiny random video model and a tiny random CLIP, samples the videos into a
-run of its own workspace (so it never mixes with the user's runs), and runs two full rounds: questions, answers,
-critiques, CLIP filtering and 4-bit DPO, the second round starting from the first round's policy. Everything it
-makes lives under one folder; running it again reuses what is there.
+clip and a few broken files), a small benchmark in EgoSchema's format about other generated clips, a tiny
+random video model and a tiny random CLIP. It samples the videos into a run of its own workspace (so it never
+mixes with the user's runs) and runs two full rounds, each `savi round`'s work: questions, answers, critiques,
+CLIP filtering, 4-bit DPO, then eval of the new policy (and once, of the base model) on the benchmark.
+
+The run's settings are an ordinary savi.toml, written once, so the demo doubles as an example of one. Everything
+it makes lives under one folder; running it again reuses what is there and redoes nothing.
 """
 
 from __future__ import annotations
@@ -13,15 +16,52 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages import answer, ask, critique, dpo, sample
-from stages import filter as filter_stage
+from stages import pipeline, sample
 from stages.core import synthetic
-from stages.core.clip import ClipConfig
-from stages.core.model import ModelConfig
-from stages.core.store import StageResult, open_run
+from stages.core.config import CONFIG_NAME, resolve
+from stages.core.store import open_run
+from stages.core.synthetic_benchmarks import write_egoschema_demo
 
 RUN_NAME = "demo"
 ROUNDS = (1, 2)
+
+# Small settings: a tiny random model babbles, so long generations and long training would only cost time.
+SETTINGS = """\
+# Settings of the demo run, one section per stage (see `savi round --help`). The tiny random model only
+# babbles, so everything is small: short generations, a few training steps, few frames.
+[model]
+id = "{model}"
+batch_size = 8
+
+[sample]
+frames = 8
+workers = 2
+
+[ask]
+per_video = 2
+max_new_tokens = 32
+
+[answer]
+max_new_tokens = 32
+
+[critique]
+max_new_tokens = 32
+
+[clip]
+model = "local-dir:{clip}"
+
+[dpo]
+learning_rate = 1e-3
+batch_size = 2
+grad_accum = 1
+max_steps = 4
+
+[eval]
+frames = 8
+
+[benchmarks]
+egoschema = "{benchmark}"
+"""
 
 
 @dataclass(frozen=True)
@@ -30,15 +70,19 @@ class DemoResult:
     model: Path
     workspace: Path
     samples: sample.SampleResult
-    rounds: dict[int, dict[str, StageResult]]
+    rounds: dict[int, pipeline.RoundSummary]
 
 
 def run(folder: Path, *, say: Callable[[str], None] = lambda _: None,
-        progress: Callable[[int], Callable[[], None]] | None = None) -> DemoResult:
+        progress: pipeline.Progress | None = None) -> DemoResult:
     videos, model, clip, workspace = folder / "videos", folder / "model", folder / "clip", folder / "runs"
+    benchmark = folder / "benchmark" / "egoschema"
     if not videos.is_dir():
         say(f"writing example videos to {videos}")
         synthetic.write_example_set(videos)
+    if not (benchmark / "questions.json").is_file():
+        say(f"writing a small EgoSchema-format benchmark to {benchmark}")
+        write_egoschema_demo(benchmark.parent, questions=20)
     if not (model / "config.json").is_file():
         say(f"building a tiny random model in {model}")
         from stages.core.tiny_model import build_tiny_model
@@ -51,20 +95,17 @@ def run(folder: Path, *, say: Callable[[str], None] = lambda _: None,
         build_tiny_clip(clip)
 
     demo_run = open_run(RUN_NAME, workspace)
-    # Small settings: a tiny model babbles, so long generations and long training would only cost time.
-    model_cfg = ModelConfig(model=str(model.resolve()), batch_size=8)
-    train_model_cfg = ModelConfig(model=str(model.resolve()), load_in_4bit=True)
-    clip_cfg = ClipConfig(model=f"local-dir:{clip.resolve()}")
-    rounds: dict[int, dict[str, StageResult]] = {}
+    settings = demo_run.path / CONFIG_NAME
+    if not settings.is_file():
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        settings.write_text(SETTINGS.format(model=model.resolve(), clip=clip.resolve(),
+                                            benchmark=benchmark.resolve()))
+    rounds: dict[int, pipeline.RoundSummary] = {}
     with demo_run.lock():
-        sampled = sample.run(demo_run, [videos], sample.SampleConfig(frames=8, workers=2), progress=progress)
+        say(f"sampling {videos}")
+        sampled = sample.run(demo_run, [videos], resolve(demo_run, "sample", sample.SampleConfig),
+                             progress=progress("sample", "video") if progress else None)
         for r in ROUNDS:
-            say(f"round {r}: ask, answer, critique, filter, dpo")
-            done = rounds[r] = {}
-            done["ask"] = ask.run(demo_run, r, ask.AskConfig(per_video=2, max_new_tokens=32), model_cfg)
-            done["answer"] = answer.run(demo_run, r, answer.AnswerConfig(max_new_tokens=32), model_cfg)
-            done["critique"] = critique.run(demo_run, r, critique.CritiqueConfig(max_new_tokens=32), model_cfg)
-            done["filter"] = filter_stage.run(demo_run, r, filter_stage.FilterConfig(), clip_cfg)
-            done["dpo"] = dpo.run(demo_run, r, dpo.TrainConfig(learning_rate=1e-3, batch_size=2, grad_accum=1,
-                                                               max_steps=4), train_model_cfg)
+            rounds[r] = pipeline.run_round(demo_run, r, pipeline.resolve_round(demo_run), say=say,
+                                           progress=progress)
     return DemoResult(folder, model, workspace, sampled, rounds)

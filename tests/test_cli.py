@@ -78,11 +78,23 @@ def test_tiny_model_unknown_family_is_one_line(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_demo_samples_the_example_videos_and_shows_them(tmp_path):
+def test_demo_runs_two_full_rounds_with_eval_and_ends_with_the_report(tmp_path):
+    from stages.core.store import open_run
+
     result = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     assert "phone_rotated.mp4  ok" in result.stdout and "empty.mp4          error   empty file" in result.stdout
+    assert "round 1 done" in result.stdout and "round 2 done" in result.stdout
+    assert "round 0  round 1  round 2  change" in result.stdout.split("savi report --run demo")[1]
     assert "meaningless text" in result.stdout
-    assert (tmp_path / "demo" / "model" / "config.json").is_file()
+    run = open_run("demo", tmp_path / "demo" / "runs")
+    for r in (1, 2):
+        assert (run.round_dir(r) / "adapter" / "adapter_config.json").is_file()
+        assert (run.round_dir(r) / "config.toml").is_file()
+    assert all(run.eval_artifact("egoschema", r).complete for r in (0, 1, 2))
+    assert (run.path / "report.png").is_file()
+
     again = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "demo")])
     assert again.exit_code == 0 and "writing example videos" not in again.stderr
+    report = result.stdout.split("savi report --run demo")[1]
+    assert again.stdout.split("savi report --run demo")[1] == report  # nothing was redone or changed

@@ -12,30 +12,35 @@ def sample(
     videos: Annotated[list[str], typer.Argument(help="Video files, folders (searched recursively), text files "
                                                      "listing paths (.txt), or - to read paths from stdin.")],
     run: RunOpt = "default",
-    frames: Annotated[int, typer.Option(min=1, help="Frames per video (uniform segment midpoints).")] = 32,
+    frames: Annotated[int | None, typer.Option(min=1, show_default="32",
+                                               help="Frames per video (uniform segment midpoints).")] = None,
     fps: Annotated[float | None, typer.Option(min=0.001, help="Sample at this rate instead, at most --frames "
                                                               "frames.")] = None,
-    max_side: Annotated[int, typer.Option(min=16, help="Resize so the longer side is at most this.")] = 448,
-    workers: WorkersOpt = 1,
+    max_side: Annotated[int | None, typer.Option(min=16, show_default="448",
+                                                 help="Resize so the longer side is at most this.")] = None,
+    workers: WorkersOpt = None,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Decode frames from videos into a run, once, for every later stage and round.
 
     A video that cannot be decoded becomes an error row, and the run goes on. Running it again on the
-    same videos does nothing; adding videos samples only the new ones. Prints the samples table's path.
+    same videos does nothing; adding videos samples only the new ones. Options not given come from [sample]
+    of the run's savi.toml, if it has one. Prints the samples table's path.
 
     Example:
 
         savi sample videos/ --run kitchen --frames 32 --workers 4
     """
     from stages import sample as sample_stage
+    from stages.core.config import resolve
     from stages.core.store import open_run
 
     if videos == ["-"]:
         videos = [line.strip() for line in typer.get_text_stream("stdin") if line.strip()]
-    cfg = sample_stage.SampleConfig(frames=frames, fps=fps, max_side=max_side, workers=workers)
     the_run = open_run(run, workspace)
+    cfg = resolve(the_run, "sample", sample_stage.SampleConfig,
+                  dict(frames=frames, fps=fps, max_side=max_side, workers=workers))
     with the_run.lock():
         result = sample_stage.run(the_run, videos, cfg, force=force,
                                   progress=lambda total: progress_bar(total, "sample", "video"))

@@ -1,0 +1,76 @@
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from savi_cli.errors import user_errors
+from savi_cli.options import (
+    BatchSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    Load4bitOpt,
+    ModelOpt,
+    SeedOpt,
+    WorkspaceOpt,
+)
+from savi_cli.pipes import DEFAULT_RUN
+from savi_cli.progress import progress_bar
+
+
+@user_errors
+def round_command(
+    round: Annotated[int, typer.Argument(min=1, help="The round to run (round R trains on M(R-1)'s own data).",
+                                         show_default=False)],
+    run: Annotated[str, typer.Option("--run", "-r", help="Name of the run (sampled with `savi sample`).")] =
+    DEFAULT_RUN,
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override one setting of savi.toml, as SECTION.KEY=VALUE (repeatable): dpo.beta=0.2, "
+                      "answer.candidates=5, critique.mode=judge.")] = None,
+    evals: Annotated[list[str] | None, typer.Option(
+        "--eval", help="Also evaluate on a benchmark, as NAME=PATH (repeatable); adds to [benchmarks] of "
+                       "savi.toml. The base model is evaluated too, once.")] = None,
+    model: ModelOpt = None,
+    load_in_4bit: Load4bitOpt = None,
+    batch_size: BatchSizeOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Run a whole round: ask, answer, critique, filter, dpo, then eval of the new policy.
+
+    Stages already finished are skipped and interrupted ones resume, so rerunning after a crash continues
+    where it stopped. Settings come from the run's savi.toml, one section per stage, with --set overriding;
+    what the round ran with is saved to round=R/config.toml. Ends with one summary: counts per stage, pairs
+    kept and why the others were dropped, reward accuracy, and accuracy against the base and the last round.
+
+    Example:
+
+        savi round 2 --run kitchen --eval egoschema=~/data/egoschema --set dpo.beta=0.2
+    """
+    from stages import pipeline
+    from stages.core.errors import SaviError
+    from stages.core.store import existing_run
+    from stages.eval import BenchmarkSource
+
+    the_run = existing_run(run, workspace)
+    overrides: dict = {}
+    for text in settings or []:
+        section, key, value = pipeline.parse_override(text)
+        overrides.setdefault(section, {})[key] = value
+    overrides.setdefault("model", {}).update(model=model, load_in_4bit=load_in_4bit, batch_size=batch_size,
+                                             seed=seed, device=device, dtype=dtype)
+    sources = []
+    for text in evals or []:
+        name, sep, path = text.partition("=")
+        if not sep or not name or not path:
+            raise SaviError(f"--eval {text!r}: expected NAME=PATH, e.g. egoschema=~/data/egoschema")
+        sources.append(BenchmarkSource(name.strip(), Path(path.strip()).expanduser()))
+    cfg = pipeline.resolve_round(the_run, overrides, sources)
+    say = lambda text: typer.echo(text, err=True)  # noqa: E731
+    with the_run.lock():
+        summary = pipeline.run_round(the_run, round, cfg, say=say,
+                                     progress=lambda stage, unit: lambda total: progress_bar(total, stage, unit))
+    for line in pipeline.describe(summary):
+        typer.echo(line, err=True)
+    typer.echo(str(summary.stages["dpo"].path))

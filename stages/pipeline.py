@@ -1,0 +1,201 @@
+"""One round, end to end: ask, answer, critique, filter, dpo, then eval of the new policy.
+
+`savi round R` calls the same stage functions as the stage commands, in order, so whatever is already finished
+(by `savi round`, by a stage command, or by a run that was killed) is skipped, and whatever was interrupted is
+resumed. Nothing here knows how a stage works; it only decides what runs with which settings.
+
+Settings: each stage has a section in the run's savi.toml (`[ask]`, `[answer]`, `[critique]`, `[filter]`,
+`[clip]`, `[dpo]`, `[eval]`, `[model]`), and `[benchmarks]` names what eval reads:
+
+    [benchmarks]
+    egoschema = "/data/egoschema"
+    nextqa = { data = "/data/nextqa", split = "test" }
+
+Overrides given on the command line win. The resolved settings of a round are written to
+`round=<r>/config.toml` before its first stage runs, so every round records exactly what produced it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from stages import answer, ask, critique, dpo
+from stages import eval as eval_stage
+from stages import filter as filter_stage
+from stages.core.clip import ClipConfig
+from stages.core.config import CONFIG_NAME, read_config, resolve, resolve_model, settle_model
+from stages.core.errors import SaviError
+from stages.core.model import DEFAULT_MODEL, ModelConfig, adapter_for_round
+from stages.core.store import Run, StageResult, atomic_path
+from stages.eval import BenchmarkSource, EvalConfig, EvalOutcome
+
+SECTIONS: dict[str, type] = {
+    "ask": ask.AskConfig,
+    "answer": answer.AnswerConfig,
+    "critique": critique.CritiqueConfig,
+    "filter": filter_stage.FilterConfig,
+    "clip": ClipConfig,
+    "dpo": dpo.TrainConfig,
+    "eval": EvalConfig,
+}
+STAGES = ("ask", "answer", "critique", "filter", "dpo", "eval")
+
+Progress = Callable[[str, str], Callable[[int], Callable[[], None]]]  # (stage, unit) -> progress callback
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    model: ModelConfig
+    ask: ask.AskConfig
+    answer: answer.AnswerConfig
+    critique: critique.CritiqueConfig
+    filter: filter_stage.FilterConfig
+    clip: ClipConfig
+    dpo: dpo.TrainConfig
+    eval: EvalConfig
+    benchmarks: tuple[BenchmarkSource, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    round: int
+    config_path: Path
+    stages: dict[str, StageResult]
+    evals: list[dict[str, Any]]  # per benchmark: accuracy now, of the base model, and of the previous round
+
+
+def resolve_round(run: Run, overrides: dict[str, dict[str, Any]] | None = None,
+                  benchmarks: list[BenchmarkSource] | None = None) -> RoundConfig:
+    """savi.toml's sections, then `overrides` ({"dpo": {"beta": 0.2}, ...}), then the defaults."""
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(SECTIONS) - {"model"})
+    if unknown:
+        raise SaviError(f"unknown section {', '.join(unknown)}; known: model, {', '.join(SECTIONS)}")
+    sections = {name: resolve(run, name, cls, overrides.get(name)) for name, cls in SECTIONS.items()}
+    listed = {b.name: b for b in benchmarks_from_config(run)}
+    listed.update({b.name: b for b in benchmarks or []})
+    return RoundConfig(model=resolve_model(run, overrides.get("model")), benchmarks=tuple(listed.values()),
+                       **sections)
+
+
+def benchmarks_from_config(run: Run) -> list[BenchmarkSource]:
+    """`[benchmarks]` of savi.toml: `name = "path"`, or `name = { data = "path", split = ..., videos = ... }`."""
+    found = []
+    for name, value in read_config(run).get("benchmarks", {}).items():
+        spec = {"data": value} if isinstance(value, str) else value
+        if not isinstance(spec, dict) or "data" not in spec or set(spec) - {"data", "split", "videos"}:
+            raise SaviError(f"[benchmarks] {name} in {run.path / CONFIG_NAME} must be a path, or a table with "
+                            "data (and optionally split, videos)")
+        found.append(BenchmarkSource(name, Path(spec["data"]).expanduser(), spec.get("split"),
+                                     Path(spec["videos"]).expanduser() if spec.get("videos") else None))
+    return found
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` (as `--set` takes it) to (section, key, typed value)."""
+    target, sep, raw = text.partition("=")
+    section, dot, key = target.strip().partition(".")
+    if not sep or not dot or not key:
+        raise SaviError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. dpo.beta=0.2")
+    import tomllib
+
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: take it as a string (mode=judge)
+    return section, key, value
+
+
+def save_resolved(run: Run, round: int, cfg: RoundConfig) -> Path:
+    """Write what this round runs with to `round=<r>/config.toml` (TOML has no null, so unset values are left out)."""
+    import tomli_w
+
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items() if v is not None}
+        if isinstance(obj, (list, tuple)):
+            return [plain(v) for v in obj]
+        return str(obj) if isinstance(obj, Path) else obj
+
+    model = asdict(cfg.model)
+    resolved = {"model": {"id": model.pop("model"), **model},
+                **{name: asdict(getattr(cfg, name)) for name in SECTIONS},
+                "benchmarks": {b.name: {f.name: getattr(b, f.name) for f in fields(b) if f.name != "name"}
+                               for b in cfg.benchmarks}}
+    path = run.round_dir(round) / "config.toml"
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"# The resolved settings of round {round} (written by savi round; edit savi.toml "
+                       "instead).\n" + tomli_w.dumps(plain(resolved)))
+    return path
+
+
+def run_round(run: Run, round: int, cfg: RoundConfig, *, say: Callable[[str], None] = lambda _: None,
+              progress: Progress | None = None) -> RoundSummary:
+    run.require("samples")
+    adapter_for_round(run, round)  # fail now, not after an hour of generation, if round r-1 is not trained
+    model = replace(cfg.model, model=settle_model(run, cfg.model.model, DEFAULT_MODEL))
+    config_path = save_resolved(run, round, replace(cfg, model=model))
+
+    def bar(stage: str, unit: str):
+        return progress(stage, unit) if progress else None
+
+    done: dict[str, StageResult] = {}
+    say(f"round {round}: ask")
+    done["ask"] = ask.run(run, round, cfg.ask, model, progress=bar("ask", "video"))
+    say(f"round {round}: answer")
+    done["answer"] = answer.run(run, round, cfg.answer, model, progress=bar("answer", "answer"))
+    say(f"round {round}: critique")
+    done["critique"] = critique.run(run, round, cfg.critique, model, progress=bar("critique", "answer"))
+    say(f"round {round}: filter")
+    done["filter"] = filter_stage.run(run, round, cfg.filter, cfg.clip, progress=bar("filter", "pair"))
+    say(f"round {round}: dpo")
+    done["dpo"] = dpo.run(run, round, cfg.dpo, model, progress=bar("dpo", "step"))
+
+    evals = []
+    for source in cfg.benchmarks:
+        # The base model is the yardstick of every later round: evaluate it once, the first time it is needed.
+        outcomes: dict[int, EvalOutcome] = {}
+        for r in sorted({0, round - 1, round}):
+            say(f"eval {source.name}: round {r}" + (" (the base model)" if r == 0 else ""))
+            outcomes[r] = eval_stage.run(run, r, source, cfg.eval, model, progress=bar(f"eval {source.name}",
+                                                                                      "question"))
+        now = outcomes[round]
+        evals.append({"table": now.table, "accuracy": now.summary["accuracy"],
+                      "base": outcomes[0].summary["accuracy"], "previous": outcomes[round - 1].summary["accuracy"],
+                      "questions": now.summary["questions"], "unparsed": now.summary["unparsed"]})
+        done[f"eval {now.table}"] = now.result
+    return RoundSummary(round, config_path, done, evals)
+
+
+def describe(summary: RoundSummary) -> list[str]:
+    """The round in a few lines: counts per stage, what the filter kept and why it dropped, training, eval."""
+    c = {name: result.counts for name, result in summary.stages.items()}
+    lines = [f"round {summary.round} done (settings: {summary.config_path})"]
+    ask_c, answer_c, critique_c, filter_c, dpo_c = (c[s] for s in ("ask", "answer", "critique", "filter", "dpo"))
+    lines.append(f"  ask       {ask_c['questions']} questions about {ask_c['videos']} videos"
+                 f" ({ask_c['parse_failures']} unparsed generations)")
+    lines.append(f"  answer    {answer_c['answers']} answers ({answer_c['cut_off']} cut off at the token limit)")
+    lines.append(f"  critique  {critique_c['critiques']} critiques, {critique_c['found_errors']} found errors")
+    drops = {k.removeprefix("dropped_"): v for k, v in filter_c.items() if k.startswith("dropped_")}
+    dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(drops.items(), key=lambda x: -x[1])) or "none"
+    lines.append(f"  filter    kept {filter_c['kept']} of {filter_c['candidates']} pairs "
+                 f"({filter_c['swapped']} swapped by CLIP); dropped: {dropped}")
+    accuracy = dpo_c.get("final_reward_accuracy")
+    lines.append(f"  dpo       {dpo_c['steps']} steps on {dpo_c['pairs']} pairs; reward accuracy on them "
+                 f"{'n/a' if accuracy is None else f'{accuracy:.2f}'}")
+    for e in summary.evals:
+        lines.append(f"  eval      {e['table']}: {_pct(e['accuracy'])} ({e['questions']} questions); "
+                     f"{_delta(e['accuracy'], e['base'])} vs base, {_delta(e['accuracy'], e['previous'])} vs "
+                     f"round {summary.round - 1}")
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _delta(now: float | None, then: float | None) -> str:
+    return "n/a" if now is None or then is None else f"{100 * (now - then):+.1f} points"
