@@ -69,6 +69,9 @@ def resolve(run: Run, section: str, config_class: type, flags: dict[str, Any] | 
         raise SaviError(f"unknown setting {', '.join(unknown)} in [{section}] of {run.path / CONFIG_NAME}; "
                         f"known: {', '.join(fields)}")
     given = {k: v for k, v in (flags or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(fields))
+    if unknown:
+        raise SaviError(f"unknown setting {', '.join(unknown)} in [{section}]; known: {', '.join(fields)}")
     values = {**from_file, **given}
     # TOML has arrays where the dataclasses have tuples (hashable, so configs can be compared and fingerprinted).
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
