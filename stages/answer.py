@@ -83,8 +83,9 @@ def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prom
     finally:
         writer.close()
 
-    rows = written_records(art)
+    current = {answer_id(q.question_id, t, k) for q, k, t in slots}
+    rows = [a for a in written_records(art) if a.answer_id in current]
     counts = {"questions": len(questions), "answers": len(rows), "empty": sum(not a.text for a in rows),
               "cut_off": sum(not a.finished for a in rows)}
-    manifest = writer.finish(counts=counts)
+    manifest = writer.finish(counts=counts, keep=current)
     return StageResult(art.path, len(todo), manifest["rows_added"], False, counts)

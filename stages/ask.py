@@ -105,11 +105,12 @@ def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts
     finally:
         writer.close()
 
-    rows = written_records(art)
-    done_videos = writer.done_items
+    current = {v.video_id for v in videos}
+    rows = [q for q in written_records(art) if q.video_id in current]
+    done_videos = writer.done_items & current
     kinds_found = {(q.video_id, q.kind) for q in rows}
     counts = {"videos": len(done_videos), "questions": len(rows),
               "parse_failures": len(done_videos) * len(cfg.kinds) - len(kinds_found),
               **{f"kind_{k}": sum(q.kind == k for q in rows) for k in cfg.kinds}}
-    manifest = writer.finish(counts=counts)
+    manifest = writer.finish(counts=counts, keep=current)
     return StageResult(art.path, len(todo), manifest["rows_added"], False, counts)

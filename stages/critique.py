@@ -49,8 +49,9 @@ class CritiqueConfig:
     """A revision at least this similar to the answer (0-1) counts as unchanged."""
 
 
-def critique_id(answer_id: str, mode: str) -> str:
-    return fingerprint([answer_id, mode])
+def critique_id(answer: Answer, mode: str) -> str:
+    """From the answer's text too: if the answers are redone, their old critiques no longer count."""
+    return fingerprint([answer.answer_id, mode, answer.text])
 
 
 def run(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, *, prompts_dir: Path | None = None,
@@ -76,7 +77,7 @@ def run(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, *, pr
     done_now = 0
     if not writer.up_to_date:
         def done(a: Answer) -> bool:
-            return critique_id(a.answer_id, cfg.mode) in writer.done_items
+            return critique_id(a, cfg.mode) in writer.done_items
 
         ordered = sorted(answers, key=lambda a: a.video_id)
         done_now = sum(not done(a) for a in ordered)
@@ -93,8 +94,9 @@ def run(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, *, pr
                         tick()
         finally:
             writer.close()
-        critiques = written_records(art)
-        writer.finish(counts=_critique_counts(critiques))
+        current = {critique_id(a, cfg.mode) for a in answers}
+        critiques = [c for c in written_records(art) if c.critique_id in current]
+        writer.finish(counts=_critique_counts(critiques), keep=current)
     critiques_manifest = art.manifest()
 
     # The candidate pairs are a pure function of the critiques: rebuilt whenever the critiques change.
@@ -114,7 +116,7 @@ def run(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, *, pr
 
 def _critique_and_revise(policy: Policy, prompt, cfg: CritiqueConfig, batch: list[Answer], qs: list[str],
                          videos) -> list[Critique]:
-    keys = [critique_id(a.answer_id, cfg.mode) for a in batch]
+    keys = [critique_id(a, cfg.mode) for a in batch]
     critiques = policy.generate(videos, [prompt.render("critique", question=q, answer=a.text)
                                          for q, a in zip(qs, batch)],
                                 keys=keys, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
@@ -136,7 +138,7 @@ def _critique_and_revise(policy: Policy, prompt, cfg: CritiqueConfig, batch: lis
 
 
 def _judge(policy: Policy, prompt, cfg: CritiqueConfig, batch: list[Answer], qs: list[str], videos) -> list[Critique]:
-    keys = [critique_id(a.answer_id, cfg.mode) for a in batch]
+    keys = [critique_id(a, cfg.mode) for a in batch]
     outputs = policy.generate(videos, [prompt.render("judge", question=q, answer=a.text) for q, a in zip(qs, batch)],
                               keys=keys, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     rows = []
@@ -165,7 +167,8 @@ def derive_candidates(critiques: list[Critique], answers: dict[str, Answer], que
         best, worst = ranked[0], ranked[-1]
         tie = best.score == worst.score
         pairs.append(Candidate(
-            pair_id=fingerprint([question_id, best.answer_id, worst.answer_id]), video_id=best.video_id,
+            pair_id=fingerprint([question_id, best.answer_id, worst.answer_id, best.text, worst.text]),
+            video_id=best.video_id,
             question_id=question_id, question=questions[question_id].text, chosen=answers[best.answer_id].text,
             rejected=answers[worst.answer_id].text, chosen_source=best.answer_id, rejected_source=worst.answer_id,
             critique_id=None, mode="judge", chosen_score=best.score, rejected_score=worst.score, usable=not tie,

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback, SchedulerType, TrainerCallback
 from trl import DPOTrainer
 
 from stages.core.config import resolve, settle_model
@@ -72,6 +72,10 @@ class TrainConfig:
     clip_gamma: float = 10.0
     """γ of clip-weighted: reward margin demanded per unit of CLIP score gap."""
     learning_rate: float = 5e-6
+    lr_scheduler: str = "linear"
+    """How the learning rate decays: linear, cosine, constant, ... (transformers' scheduler names)."""
+    warmup: float = 0.0
+    """Warm-up: a fraction of the training steps if below 1, else a number of steps."""
     epochs: float = 1.0
     batch_size: int = 1
     """Pairs per device step."""
@@ -97,6 +101,9 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
         progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
     if cfg.loss not in LOSSES:
         raise SaviError(f"unknown --loss {cfg.loss!r}: use sigmoid or clip-weighted")
+    schedulers = [s.value for s in SchedulerType]
+    if cfg.lr_scheduler not in schedulers:
+        raise SaviError(f"unknown lr_scheduler {cfg.lr_scheduler!r} in [dpo]; use one of {', '.join(schedulers)}")
     pairs_art = run.require("pairs", round)
     pairs = [p for p in pairs_art.read() if p.kept]
     if not pairs:
@@ -181,6 +188,8 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
         output_dir=str(output_dir),
         beta=cfg.beta,
         learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,

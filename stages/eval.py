@@ -118,14 +118,15 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
             writer.close()
 
     # The summary is written before the manifest, so a finished table always has one.
-    rows: list[EvalResult] = written_records(art)
+    current = {i.question_id for i in present}
+    rows: list[EvalResult] = [r for r in written_records(art) if r.question_id in current]
     summary = summarize(rows, bench, round, cfg.mode, model_cfg.model, missing=len(missing))
     summary_path = art.path.with_name(f"{name}.summary.json")
     write_json(summary_path, summary)
     submission_path = _write_submission(art.path, name, bench, rows)
     counts = {k: summary[k] for k in ("questions", "accuracy", "correct", "unparsed", "video_errors",
                                       "missing_videos")}
-    added = 0 if writer.up_to_date else writer.finish(counts=counts)["rows_added"]
+    added = 0 if writer.up_to_date else writer.finish(counts=counts, keep=current)["rows_added"]
     return EvalOutcome(name, StageResult(art.path, len(todo), added, writer.up_to_date, counts), summary,
                        summary_path, submission_path)
 

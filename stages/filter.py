@@ -104,9 +104,10 @@ def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force:
     finally:
         writer.close()
 
-    rows: list[Pair] = written_records(art)
+    current = {c.pair_id for c in candidates}
+    rows: list[Pair] = [p for p in written_records(art) if p.pair_id in current]
     dropped = Counter(p.drop_reason for p in rows if not p.kept)
     counts = {"candidates": len(rows), "kept": sum(p.kept for p in rows), "swapped": sum(p.swapped for p in rows),
               **{f"dropped_{reason}": n for reason, n in sorted(dropped.items())}}
-    manifest = writer.finish(counts=counts)
+    manifest = writer.finish(counts=counts, keep=current)
     return StageResult(art.path, len(todo), manifest["rows_added"], False, counts)

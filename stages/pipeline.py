@@ -187,9 +187,10 @@ def describe(summary: RoundSummary) -> list[str]:
     lines.append(f"  dpo       {dpo_c['steps']} steps on {dpo_c['pairs']} pairs; reward accuracy on them "
                  f"{'n/a' if accuracy is None else f'{accuracy:.2f}'}")
     for e in summary.evals:
-        lines.append(f"  eval      {e['table']}: {_pct(e['accuracy'])} ({e['questions']} questions); "
-                     f"{_delta(e['accuracy'], e['base'])} vs base, {_delta(e['accuracy'], e['previous'])} vs "
-                     f"round {summary.round - 1}")
+        versus = f"{_delta(e['accuracy'], e['base'])} vs base"
+        if summary.round > 1:
+            versus += f", {_delta(e['accuracy'], e['previous'])} vs round {summary.round - 1}"
+        lines.append(f"  eval      {e['table']}: {_pct(e['accuracy'])} ({e['questions']} questions); {versus}")
     return lines
 
 

@@ -96,6 +96,22 @@ def test_an_interrupted_batch_is_redone_whole_so_sampled_answers_match_an_uninte
     assert texts[0] == texts[1]
 
 
+def test_redoing_answers_redoes_their_critiques_and_drops_the_stale_ones(tiny_model, sampled_run):
+    mcfg = model_cfg(tiny_model)
+    run_chain(sampled_run, mcfg)
+    old = {c.critique_id for c in sampled_run.artifact("critiques", 1).read()}
+    answer.run(sampled_run, 1, answer.AnswerConfig(max_new_tokens=8), mcfg, force=True)
+    redone = critique.run(sampled_run, 1, critique.CritiqueConfig(**FAST), mcfg)
+
+    answers = {a.answer_id: a for a in sampled_run.artifact("answers", 1).read()}
+    critiques = sampled_run.artifact("critiques", 1).read()
+    assert len(critiques) == len(answers) and not old & {c.critique_id for c in critiques}
+    assert redone.items_done == len(answers)
+    assert sampled_run.artifact("critiques", 1).manifest()["notes"]["stale_rows_dropped"] == len(old)
+    for pair in sampled_run.artifact("candidates", 1).read():  # built from today's answers only
+        assert pair.rejected == answers[pair.rejected_source].text
+
+
 def test_changed_parameters_are_refused_without_force(tiny_model, sampled_run):
     mcfg = model_cfg(tiny_model)
     ask.run(sampled_run, 1, ask.AskConfig(per_video=4, **FAST), mcfg)

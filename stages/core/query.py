@@ -34,7 +34,9 @@ def connect(workspace: str | Path | None = None, run: str | None = None):
             con.execute(f"CREATE VIEW {name} AS " + " UNION ALL BY NAME ".join(selects))
         else:
             con.register(f"_empty_{name}", to_arrow(spec, []))
-            con.execute(f"CREATE VIEW {name} AS SELECT NULL::VARCHAR AS run, * FROM _empty_{name} LIMIT 0")
+            round_column = "" if name == "samples" else ", NULL::BIGINT AS round"
+            con.execute(f"CREATE VIEW {name} AS SELECT NULL::VARCHAR AS run, *{round_column} "
+                        f"FROM _empty_{name} LIMIT 0")
     return con
 
 

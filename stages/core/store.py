@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stages import __version__
@@ -430,14 +431,27 @@ class ArtifactWriter:
         self._buffer, self._buffer_empty_items = [], []
         self._last_flush = time.monotonic()
 
-    def finish(self, counts: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Merge, write the table, then the manifest (last), then remove the parts. Returns the manifest."""
+    def finish(self, counts: dict[str, Any] | None = None, notes: dict[str, Any] | None = None,
+               keep: set[Any] | None = None) -> dict[str, Any]:
+        """Merge, write the table, then the manifest (last), then remove the parts. Returns the manifest.
+
+        `keep`: the items the current inputs still have. Rows of any other item are dropped: they were made from
+        inputs that have since been redone (ids carry their parents' content, so changed parents mean new
+        items), and keeping them would mix two versions of the data.
+        """
         self.flush()
         art = self.artifact
         merged = pa.concat_tables(written_tables(art) or [to_arrow(self.spec, [])])
         merged = _drop_duplicate_keys(merged, self.spec.key)
+        stale = 0
+        if keep is not None:
+            current = pa.array([item in keep for item in merged.column(self.spec.item).to_pylist()], pa.bool_())
+            stale = merged.num_rows - (pc.sum(current).as_py() or 0)
+            merged = merged.filter(current)
         merged = merged.sort_by([(c, "ascending") for c in self.spec.order])
         empty_items = written_items(art) - set(merged.column(self.spec.item).to_pylist())
+        if keep is not None:
+            empty_items &= keep
         merged = _with_empty_items(merged, sorted(empty_items), self.spec)
         write_parquet(art.path, merged)
         manifest = {
@@ -450,7 +464,7 @@ class ArtifactWriter:
             "rows": merged.num_rows,
             "rows_added": self._added,
             "counts": counts or {},
-            "notes": notes or {},
+            "notes": {**(notes or {}), **({"stale_rows_dropped": stale} if stale else {})},
             "started_at": self._first_started_at,
             "finished_at": _now(),
             "seconds_last_session": round(time.monotonic() - self._started, 3),
