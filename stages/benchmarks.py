@@ -819,7 +819,8 @@ def _load_json(path: Path) -> Any:
             column = comma - (text.rfind("\n", 0, comma) + 1) + 1
             raise SaviError(f"{path}: invalid JSON: trailing comma at line {line}, column {column} (before "
                             f"{text[e.pos]!r}); strict JSON allows none, remove it") from None
-        raise SaviError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        raise SaviError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}; the file is "
+                        "damaged or cut short: download it again") from None
 
 
 def _trailing_comma(text: str, pos: int) -> int | None:
@@ -873,7 +874,8 @@ def _field(rec: Any, key: str, path: Path, where: str) -> Any:
     if not isinstance(rec, dict):
         raise SaviError(f"{path}: {where} is not an object but {type(rec).__name__}")
     if rec.get(key) is None:
-        raise SaviError(f"{path}: {where} has no {key!r} field")
+        raise SaviError(f"{path}: {where} has no {key!r} field; the file is damaged or not in the benchmark's "
+                        "published format: download it again")
     return rec[key]
 
 

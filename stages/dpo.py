@@ -47,6 +47,7 @@ from stages.core.model import (
     ModelConfig,
     adapter_fingerprint,
     adapter_for_round,
+    load_adapter,
     load_video,
     quantization_config,
     quiet_transformers,
@@ -153,7 +154,7 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
     """The DPOTrainer for these pairs, ready to `train()`. Separate from `run` so tests can inspect it."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel
+    from peft import LoraConfig
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import DPOConfig
 
@@ -180,7 +181,7 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
                                  target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     else:
         # The trainable adapter starts as M(r-1); trl copies it into a frozen "ref" adapter for the reference.
-        model = PeftModel.from_pretrained(model, str(previous), is_trainable=True)
+        model = load_adapter(model, previous, trainable=True)
 
     with_gap = cfg.loss == "clip-weighted"
     dataset = Dataset.from_list([preference_row(p, with_gap) for p in pairs])

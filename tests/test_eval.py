@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from builders import save_random_adapter
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -28,18 +28,6 @@ def evaluate(run, data, tiny_model, round=0, benchmark="egoschema", split=None, 
     source = eval_stage.BenchmarkSource(benchmark, data, split)
     cfg = eval_stage.EvalConfig(frames=kw.pop("frames", 4), **kw)
     return eval_stage.run(run, round, source, cfg, ModelConfig(model=str(tiny_model()), batch_size=3))
-
-
-def save_random_adapter(run, round, tiny_model):
-    """A round's trained adapter with non-zero weights, where `savi dpo` saves it."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    torch.manual_seed(round)
-    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(tiny_model()),
-                           LoraConfig(r=4, lora_alpha=64, init_lora_weights=False,
-                                      target_modules=r".*language_model.*\.(q_proj|v_proj|o_proj)"))
-    model.save_pretrained(run.round_dir(round) / "adapter")
 
 
 # ---------------------------------------------------------------------------------------------------------------

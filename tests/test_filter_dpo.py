@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from builders import write_pairs
 from typer.testing import CliRunner
 
 from savi_cli.main import app
@@ -112,16 +113,6 @@ def test_export_writes_trl_and_jsonl(sampled_run, tiny_clip, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------------
 # DPO
-
-
-def write_pairs(run, round, n=6):
-    videos = [s.video_id for s in run.artifact("samples").read()]
-    writer = ArtifactWriter(run.artifact("pairs", round), params={}, inputs={})
-    for i in range(n):
-        writer.add(Pair(f"p{i}", videos[i % len(videos)], f"q{i}", "Which way does the shape move?",
-                        "It moves from left to right.", "It jumps up and then disappears.", 0.31, 0.22, False,
-                        "critique", True, None))
-    writer.finish()
 
 
 def train_cfg(**kw):

@@ -108,7 +108,23 @@ def trained_adapter(run: Run, round: int) -> Path | None:
         have = f"rounds with a trained adapter: {', '.join(map(str, trained))}" if trained else "no round is trained"
         raise SaviError(f"round {round} of run '{run.name}' has no trained adapter ({have}); "
                         f"run `savi dpo --run {run.name} --round {round}` first")
+    if not list(adapter.glob("adapter_model.*")):
+        raise SaviError(f"the adapter of round {round} in {adapter} has no weights (adapter_model.safetensors); "
+                        f"redo it with `savi dpo --run {run.name} --round {round} --force`")
     return adapter
+
+
+def load_adapter(model: Any, adapter: Path, *, trainable: bool = False) -> Any:
+    """`model` with a saved LoRA adapter on it; a damaged adapter folder is a one-line error, not a traceback."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    except Exception as e:  # peft, safetensors and huggingface_hub each raise their own kinds
+        round_dir = adapter.parent  # <run>/round=<r>/adapter
+        raise SaviError(f"cannot load the adapter in {adapter} ({type(e).__name__}: {_first_line(e)}); it is "
+                        f"damaged: redo it with `savi dpo --run {round_dir.parent.name} --round "
+                        f"{round_dir.name.removeprefix('round=')} --force`") from None
 
 
 class Policy:
@@ -147,9 +163,7 @@ class Policy:
             raise SaviError(f"cannot load model {cfg.model!r}: {_first_line(e)}. Pass a local model folder "
                             "(`savi tiny-model DIR` makes one) or a Hub id of a video chat model") from None
         if adapter is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(adapter))
+            model = load_adapter(model, adapter)
         if not device.startswith("cuda") and not cfg.load_in_4bit:
             model = model.to(device)
         model.eval()

@@ -188,6 +188,7 @@ class Run:
 
         flock is released by the kernel when the process dies, so a killed command never leaves a stale lock.
         """
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         lock_file = self.path / ".lock"
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -202,6 +203,11 @@ class Run:
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
             yield
         finally:
+            if created and os.listdir(self.path) == [".lock"]:
+                # The command failed before writing anything (a typo in a path): leave no empty run behind.
+                lock_file.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
             os.close(fd)
 
 

@@ -9,6 +9,7 @@ job, and the frames always come out upright.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -177,7 +178,16 @@ def _probe(path: Path) -> tuple[str, str, int, np.ndarray]:
                 first.to_ndarray(format="rgb24")
     except av.error.FFmpegError as e:
         # strerror is FFmpeg's reason without the errno and path noise ("Invalid data found when processing input").
-        raise VideoError(f"not a readable video: {e.strerror or _first_line(e)}") from None
+        reason = e.strerror or _first_line(e)
+        hint = _FFMPEG_HINTS.get(reason)
+        raise VideoError(f"not a readable video: {reason}" + (f" ({hint})" if hint else "")) from None
+
+
+# FFmpeg reasons that read like a system fault but, when opening a file, mean the file itself stops short.
+_FFMPEG_HINTS = {
+    "End of file": "the file ends before its first frame: it is cut short or has no frames",
+    "Input/output error": "the file is cut short or damaged",
+}
 
 
 def _choose_indices(starts: np.ndarray, duration: float, frames: int, fps: float | None,
@@ -252,20 +262,47 @@ def frame_name(k: int) -> str:
 
 
 def save_frames(frames: list[np.ndarray], folder: Path, quality: int = JPEG_QUALITY) -> None:
-    """Write frames as JPEGs into `folder` all at once: a temporary folder renamed into place."""
+    """Write frames as JPEGs into `folder` all at once: a temporary folder renamed into place.
+
+    Each JPEG is encoded in memory and written by Python's file object: Pillow writing to the file itself ignores
+    a short write, so a full disk (or a file-size limit) would leave a truncated frame that looks finished."""
     from PIL import Image
 
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for k, frame in enumerate(frames):
-        Image.fromarray(frame).save(tmp / frame_name(k), quality=quality)
+        encoded = io.BytesIO()
+        Image.fromarray(frame).save(encoded, format="JPEG", quality=quality)
+        try:
+            (tmp / frame_name(k)).write_bytes(encoded.getbuffer())
+        except OSError as e:  # a failed write() names no file; say which one
+            raise OSError(e.errno, e.strerror, str(tmp / frame_name(k))) from None
     shutil.rmtree(folder, ignore_errors=True)
     try:
         os.rename(tmp, folder)
     except OSError:
         # Another process wrote the same video's frames first (a copy of the same file); they are identical.
         shutil.rmtree(tmp, ignore_errors=True)
+    _remove_abandoned(folder)
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Temporary frame folders of processes that died mid-write (a kill, a full disk) for the same video."""
+    for leftover in folder.parent.glob(f".{folder.name}.tmp-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_frames(folder: Path) -> np.ndarray:

@@ -1,0 +1,28 @@
+"""Tables and adapters that tests put in a run by hand, where the stage that makes them is not under test."""
+
+from stages.core.records import Pair
+from stages.core.store import ArtifactWriter
+
+
+def save_random_adapter(run, round, tiny_model):
+    """A round's trained adapter with non-zero weights, where `savi dpo` saves it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(round)
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(tiny_model()),
+                           LoraConfig(r=4, lora_alpha=64, init_lora_weights=False,
+                                      target_modules=r".*language_model.*\.(q_proj|v_proj|o_proj)"))
+    model.save_pretrained(run.round_dir(round) / "adapter")
+
+
+def write_pairs(run, round, n=4):
+    """`n` kept pairs about the run's videos, as `savi filter` would leave them."""
+    videos = [s.video_id for s in run.artifact("samples").read()]
+    writer = ArtifactWriter(run.artifact("pairs", round), params={}, inputs={})
+    for i in range(n):
+        writer.add(Pair(f"p{i}", videos[i % len(videos)], f"q{i}", "Which way does the shape move?",
+                        "It moves from left to right.", "It jumps up and then disappears.", 0.31, 0.22, False,
+                        "critique", True, None))
+    writer.finish()
