@@ -132,8 +132,13 @@ def save_resolved(run: Run, round: int, cfg: RoundConfig) -> Path:
     return path
 
 
-def run_round(run: Run, round: int, cfg: RoundConfig, *, say: Callable[[str], None] = lambda _: None,
-              progress: Progress | None = None) -> RoundSummary:
+def run_round(run: Run, round: int, cfg: RoundConfig, *, redo: str | None = None,
+              say: Callable[[str], None] = lambda _: None, progress: Progress | None = None) -> RoundSummary:
+    """Run round `round`. `redo` names a stage to do again, with every later one (their inputs change with it),
+    for example after changing its settings; the stages before it are kept."""
+    if redo is not None and redo not in STAGES:
+        raise SaviError(f"unknown stage {redo!r} to redo; the stages of a round are {', '.join(STAGES)}")
+    force = {stage: redo is not None and k >= STAGES.index(redo) for k, stage in enumerate(STAGES)}
     run.require("samples")
     adapter_for_round(run, round)  # fail now, not after an hour of generation, if round r-1 is not trained
     model = replace(cfg.model, model=settle_model(run, cfg.model.model, DEFAULT_MODEL))
@@ -144,15 +149,18 @@ def run_round(run: Run, round: int, cfg: RoundConfig, *, say: Callable[[str], No
 
     done: dict[str, StageResult] = {}
     say(f"round {round}: ask")
-    done["ask"] = ask.run(run, round, cfg.ask, model, progress=bar("ask", "video"))
+    done["ask"] = ask.run(run, round, cfg.ask, model, force=force["ask"], progress=bar("ask", "video"))
     say(f"round {round}: answer")
-    done["answer"] = answer.run(run, round, cfg.answer, model, progress=bar("answer", "answer"))
+    done["answer"] = answer.run(run, round, cfg.answer, model, force=force["answer"],
+                                progress=bar("answer", "answer"))
     say(f"round {round}: critique")
-    done["critique"] = critique.run(run, round, cfg.critique, model, progress=bar("critique", "answer"))
+    done["critique"] = critique.run(run, round, cfg.critique, model, force=force["critique"],
+                                    progress=bar("critique", "answer"))
     say(f"round {round}: filter")
-    done["filter"] = filter_stage.run(run, round, cfg.filter, cfg.clip, progress=bar("filter", "pair"))
+    done["filter"] = filter_stage.run(run, round, cfg.filter, cfg.clip, force=force["filter"],
+                                      progress=bar("filter", "pair"))
     say(f"round {round}: dpo")
-    done["dpo"] = dpo.run(run, round, cfg.dpo, model, progress=bar("dpo", "step"))
+    done["dpo"] = dpo.run(run, round, cfg.dpo, model, force=force["dpo"], progress=bar("dpo", "step"))
 
     evals = []
     for source in cfg.benchmarks:
@@ -160,8 +168,8 @@ def run_round(run: Run, round: int, cfg: RoundConfig, *, say: Callable[[str], No
         outcomes: dict[int, EvalOutcome] = {}
         for r in sorted({0, round - 1, round}):
             say(f"eval {source.name}: round {r}" + (" (the base model)" if r == 0 else ""))
-            outcomes[r] = eval_stage.run(run, r, source, cfg.eval, model, progress=bar(f"eval {source.name}",
-                                                                                      "question"))
+            outcomes[r] = eval_stage.run(run, r, source, cfg.eval, model, force=force["eval"] and r == round,
+                                         progress=bar(f"eval {source.name}", "question"))
         now = outcomes[round]
         evals.append({"table": now.table, "accuracy": now.summary["accuracy"],
                       "base": outcomes[0].summary["accuracy"], "previous": outcomes[round - 1].summary["accuracy"],

@@ -75,9 +75,24 @@ def test_a_round_runs_every_stage_then_reruns_as_a_no_op(sampled_run, tiny_model
     assert manifest["params"]["beta"] == 0.25
     assert all(sampled_run.eval_artifact("egoschema", r).complete for r in (0, 1))
 
+    load = Policy.load
     monkeypatch.setattr(Policy, "load", lambda *a, **k: pytest.fail("a finished round must not load the model"))
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
+    monkeypatch.setattr(Policy, "load", load)
+
+    # A changed DPO setting is refused for a finished stage, and --redo dpo trains again and re-evaluates the
+    # new policy, keeping every earlier stage.
+    questions = sampled_run.artifact("questions", 1).path.read_bytes()
+    eval_before = sampled_run.eval_artifact("egoschema", 1).manifest()["params"]["adapter"]
+    changed = [a if a != "dpo.beta=0.25" else "dpo.beta=0.5" for a in args]
+    refused = runner.invoke(app, changed)
+    assert refused.exit_code == 1 and "different parameters (beta: 0.25 -> 0.5)" in refused.stderr
+    redone = runner.invoke(app, changed + ["--redo", "dpo"])
+    assert redone.exit_code == 0, redone.output
+    assert sampled_run.artifact("train_log", 1).manifest()["params"]["beta"] == 0.5
+    assert sampled_run.eval_artifact("egoschema", 1).manifest()["params"]["adapter"] != eval_before
+    assert sampled_run.artifact("questions", 1).path.read_bytes() == questions
 
 
 def test_settings_come_from_savi_toml_then_overrides(sampled_run, tmp_path):

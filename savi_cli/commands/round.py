@@ -29,6 +29,9 @@ def round_command(
     evals: Annotated[list[str] | None, typer.Option(
         "--eval", help="Also evaluate on a benchmark, as NAME=PATH (repeatable); adds to [benchmarks] of "
                        "savi.toml. The base model is evaluated too, once.")] = None,
+    redo: Annotated[str | None, typer.Option(
+        help="Redo this stage and every later one (ask, answer, critique, filter, dpo, eval), e.g. after "
+             "changing its settings; the earlier stages are kept.")] = None,
     model: ModelOpt = None,
     load_in_4bit: Load4bitOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -40,7 +43,8 @@ def round_command(
     """Run a whole round: ask, answer, critique, filter, dpo, then eval of the new policy.
 
     Stages already finished are skipped and interrupted ones resume, so rerunning after a crash continues
-    where it stopped. Settings come from the run's savi.toml, one section per stage, with --set overriding;
+    where it stopped; --redo STAGE does a finished stage again, with every later one. Settings come from the
+    run's savi.toml, one section per stage, with --set overriding;
     what the round ran with is saved to round=R/config.toml. Ends with one summary: counts per stage, pairs
     kept and why the others were dropped, reward accuracy, and accuracy against the base and the last round.
 
@@ -69,7 +73,7 @@ def round_command(
     cfg = pipeline.resolve_round(the_run, overrides, sources)
     say = lambda text: typer.echo(text, err=True)  # noqa: E731
     with the_run.lock():
-        summary = pipeline.run_round(the_run, round, cfg, say=say,
+        summary = pipeline.run_round(the_run, round, cfg, redo=redo, say=say,
                                      progress=lambda stage, unit: lambda total: progress_bar(total, stage, unit))
     for line in pipeline.describe(summary):
         typer.echo(line, err=True)
