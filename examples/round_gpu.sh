@@ -62,7 +62,7 @@ PY
 # them: later commands (and `savi sample` on more videos) take them as their defaults, and what each round ran
 # with is saved to round=R/config.toml. The file is left alone if it exists: edit it there. A stage that has
 # finished refuses changed settings, so change settings before a round starts; to change a finished stage,
-# redo it and every later stage of the round with their own commands and --force, or start a new run.
+# `savi round R --redo STAGE` does it again with every later stage of the round.
 mkdir -p "$RUN_DIR"
 if [[ ! -f "$RUN_DIR/savi.toml" ]]; then
     cat > "$RUN_DIR/savi.toml" <<TOML
