@@ -31,7 +31,8 @@ app = typer.Typer(
     name="savi",
     help="Align a video-language model on unlabeled videos: it asks, answers and critiques itself, CLIP keeps "
     "the grounded pairs, and 4-bit DPO trains on them.\n\n"
-    "Start with `savi sample VIDEOS --run NAME`, then look at the result with `savi status` and `savi query`.",
+    "Start with `savi sample VIDEOS --run NAME`, then `savi round 1 --run NAME`; compare rounds with "
+    "`savi report`, and look inside with `savi status` and `savi query`. `savi demo` shows it all offline.",
     rich_markup_mode=None,
     no_args_is_help=True,
     add_completion=False,
