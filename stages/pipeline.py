@@ -17,6 +17,7 @@ Overrides given on the command line win. The resolved settings of a round are wr
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -74,6 +75,10 @@ def resolve_round(run: Run, overrides: dict[str, dict[str, Any]] | None = None,
     unknown = sorted(set(overrides) - set(SECTIONS) - {"model"})
     if unknown:
         raise SaviError(f"unknown section {', '.join(unknown)}; known: model, {', '.join(SECTIONS)}")
+    in_file = sorted(set(read_config(run)) - set(SECTIONS) - {"model", "sample", "benchmarks"})
+    if in_file:
+        raise SaviError(f"unknown section [{'], ['.join(in_file)}] in {run.path / CONFIG_NAME}; known: model, "
+                        f"sample, {', '.join(SECTIONS)}, benchmarks")
     sections = {name: resolve(run, name, cls, overrides.get(name)) for name, cls in SECTIONS.items()}
     listed = {b.name: b for b in benchmarks_from_config(run)}
     listed.update({b.name: b for b in benchmarks or []})
@@ -100,8 +105,6 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     section, dot, key = target.strip().partition(".")
     if not sep or not dot or not key:
         raise SaviError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. dpo.beta=0.2")
-    import tomllib
-
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:

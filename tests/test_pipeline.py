@@ -118,6 +118,9 @@ def test_bad_settings_are_one_line_errors(sampled_run):
         pipeline.resolve_round(sampled_run, {"dop": {"beta": 0.2}})
     with pytest.raises(SaviError, match=r"unknown setting bta in \[dpo\]"):
         pipeline.resolve_round(sampled_run, {"dpo": {"bta": 0.2}})
+    (sampled_run.path / "savi.toml").write_text("[dop]\nbeta = 0.2\n")
+    with pytest.raises(SaviError, match=r"unknown section \[dop\] in .*savi.toml"):
+        pipeline.resolve_round(sampled_run)
     (sampled_run.path / "savi.toml").write_text("[benchmarks]\negoschema = { split = 'full' }\n")
     with pytest.raises(SaviError, match=r"\[benchmarks\] egoschema .* must be a path"):
         pipeline.resolve_round(sampled_run)
