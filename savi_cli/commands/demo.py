@@ -56,7 +56,7 @@ def demo(
                "accuracy is chance or worse. It is there only to run the real code path end to end, offline.")
     typer.echo(f"With a real model (a GPU and --model Qwen/Qwen2.5-VL-7B-Instruct, see examples/round_gpu.sh) the "
                f"same tables hold real questions, answers and critiques. Model used here: {result.model}\n")
-    typer.echo("Look further:")
+    typer.echo("Look further (from a shell where `source .venv/bin/activate` put savi on the PATH):")
     typer.echo(f"  cat {run.path / 'savi.toml'}")
     typer.echo(f"  savi status -w {workspace}")
     typer.echo(f"  savi query \"select round, step, loss, reward_accuracy from train_log\" -w {workspace}")
