@@ -105,6 +105,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import qwen_7b
 import torch
 from transformers import TrainerCallback
 
@@ -113,52 +114,9 @@ from stages.core import synthetic
 from stages.core.model import ModelConfig
 from stages.core.records import Pair
 from stages.core.store import ArtifactWriter, Run, open_run
-from stages.core.tiny_model import build_tiny_model
 
 GIB = 1024**3
 
-# ---------------------------------------------------------------------------------------------------------------
-# The model: Qwen2.5-VL-7B-Instruct's config.json, in transformers 5's field names. Token ids are left out on
-# purpose: they must be those of the tokenizer actually in the folder, so they stay the tiny model's.
-
-QWEN25_VL_7B_TEXT: dict[str, Any] = {
-    "vocab_size": 152064,
-    "hidden_size": 3584,
-    "intermediate_size": 18944,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 28,  # head_dim 3584 / 28 = 128
-    "num_key_value_heads": 4,
-    "hidden_act": "silu",
-    "max_position_embeddings": 128000,
-    "rms_norm_eps": 1e-6,
-    "use_sliding_window": False,
-    "sliding_window": 32768,
-    "max_window_layers": 28,
-    "layer_types": ["full_attention"] * 28,
-    # M-RoPE: the 64 rotary frequency pairs of a 128-wide head split into time, height and width sections.
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-}
-QWEN25_VL_7B_VISION: dict[str, Any] = {
-    "depth": 32,
-    "hidden_size": 1280,
-    "num_heads": 16,
-    "intermediate_size": 3420,
-    "out_hidden_size": 3584,
-    "hidden_act": "silu",
-    "in_channels": 3,
-    "patch_size": 14,
-    "spatial_merge_size": 2,
-    "temporal_patch_size": 2,
-    "window_size": 112,
-    "fullatt_block_indexes": [7, 15, 23, 31],
-    "tokens_per_second": 2,
-}
-# The size of the published checkpoint (its safetensors index); the full config must build exactly this many.
-QWEN25_VL_7B_PARAMS = 8_292_166_656
-# min_pixels / max_pixels of the published preprocessor_config.json, per frame. 448x448 = 200,704 pixels lies
-# inside, so the frames are not resized (transformers' own video default, 100,352..602,112, would not resize
-# them either).
-QWEN25_VL_PIXELS = {"shortest_edge": 3136, "longest_edge": 12845056}
 
 # The dry run's shrink: 2 heads keep head_dim at 128, so the real M-RoPE sections stay valid.
 DRY_RUN_TEXT: dict[str, Any] = {
@@ -202,7 +160,7 @@ class Setup:
 
 
 def make_setup(args: argparse.Namespace) -> Setup:
-    text, vision = dict(QWEN25_VL_7B_TEXT), dict(QWEN25_VL_7B_VISION)
+    text, vision = dict(qwen_7b.TEXT), dict(qwen_7b.VISION)
     if args.dry_run_cpu:
         text.update(DRY_RUN_TEXT)
         del text["vocab_size"]  # keep the tiny vocabulary: the 152,064-row head would dominate a model this small
@@ -216,35 +174,14 @@ def make_setup(args: argparse.Namespace) -> Setup:
 # The model folder
 
 
-def tiny_folder(cache: Path) -> Path:
-    """savi's tiny Qwen2.5-VL: the tokenizer, chat template, processor and config skeleton the big model reuses."""
-    folder = cache / "tiny-qwen2_5_vl"
-    if not (folder / "processor_config.json").is_file():
-        build_tiny_model(folder, "qwen2_5_vl")
-    return folder
-
-
 def model_config(tiny: Path, text: dict[str, Any], vision: dict[str, Any]) -> dict[str, Any]:
-    config = json.loads((tiny / "config.json").read_text())
-    config["text_config"].update(text)
-    config["vision_config"].update(vision)
-    config["dtype"] = "bfloat16"  # as the published checkpoint is stored
-    return config
-
-
-def count_params_on_meta(config: dict[str, Any]) -> int:
-    """Parameters of a config, counted without allocating them (the 7B would need 16.6 GB just to be counted)."""
-    from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
-
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(Qwen2_5_VLConfig(**config))
-    return sum(p.numel() for p in model.parameters())
+    return {**qwen_7b.config_from_tiny(tiny, text, vision), "dtype": "bfloat16"}  # as the checkpoint is stored
 
 
 def model_folder(setup: Setup, cache: Path) -> tuple[Path, dict[str, Any]]:
     """Where the benchmark model is (or will be) saved, and its config. The name is keyed by config and pixels."""
-    config = model_config(tiny_folder(cache), setup.text, setup.vision)
-    key = hashlib.sha256(json.dumps([config, QWEN25_VL_PIXELS], sort_keys=True).encode()).hexdigest()[:12]
+    config = model_config(qwen_7b.tiny_folder(cache), setup.text, setup.vision)
+    key = hashlib.sha256(json.dumps([config, qwen_7b.PIXELS], sort_keys=True).encode()).hexdigest()[:12]
     return cache / f"qwen2.5-vl-7b{'-dry-run' if setup.dry_run else ''}-{key}", config
 
 
@@ -270,10 +207,10 @@ def build_model(folder: Path, config: dict[str, Any], device: str, tiny: Path) -
 
     processor = AutoProcessor.from_pretrained(tiny)
     # The tiny processor pins every frame to 56x56; the real budget lets 448x448 frames through unresized.
-    processor.video_processor.size = dict(QWEN25_VL_PIXELS)
-    processor.image_processor.size = dict(QWEN25_VL_PIXELS)
+    processor.video_processor.size = dict(qwen_7b.PIXELS)
+    processor.image_processor.size = dict(qwen_7b.PIXELS)
     processor.save_pretrained(folder)
-    (folder / "bench-model.json").write_text(json.dumps({"params": params, "pixels": QWEN25_VL_PIXELS}, indent=2))
+    (folder / "bench-model.json").write_text(json.dumps({"params": params, "pixels": qwen_7b.PIXELS}, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -580,11 +517,11 @@ def parent(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown mode(s) {', '.join(unknown)}: use {', '.join(MODES)}")
 
     # The full config is checked against the published checkpoint even in a dry run: it is cheap on meta.
-    full = model_config(tiny_folder(args.cache), QWEN25_VL_7B_TEXT, QWEN25_VL_7B_VISION)
-    full_params = count_params_on_meta(full)
-    if full_params != QWEN25_VL_7B_PARAMS:
+    full = model_config(qwen_7b.tiny_folder(args.cache), qwen_7b.TEXT, qwen_7b.VISION)
+    full_params = qwen_7b.count_params_on_meta(full)
+    if full_params != qwen_7b.PARAMS:
         raise SystemExit(f"the Qwen2.5-VL-7B config builds {full_params:,} parameters, not the published "
-                         f"{QWEN25_VL_7B_PARAMS:,}; fix the constants")
+                         f"{qwen_7b.PARAMS:,}; fix the constants")
     say(f"Qwen2.5-VL-7B config checked on the meta device: {full_params:,} parameters")
 
     folder, config = model_folder(setup, args.cache)
@@ -637,7 +574,7 @@ def parent(args: argparse.Namespace) -> int:
                  "gpu": None if setup.dry_run else torch.cuda.get_device_name()},
         "model_folder": str(folder),
         "model_params": params,
-        "config": {"text": config["text_config"], "vision": config["vision_config"], "pixels": QWEN25_VL_PIXELS},
+        "config": {"text": config["text_config"], "vision": config["vision_config"], "pixels": qwen_7b.PIXELS},
         "inputs": {"frames": setup.frames, "size": setup.size, "videos": args.videos, "pairs": args.pairs,
                    "answer_tokens": args.answer_tokens, "steps": args.steps},
         "target_gib": args.target_gib,
@@ -656,7 +593,7 @@ def child(args: argparse.Namespace) -> int:
         folder, config = model_folder(setup, args.cache)
         if folder != args.folder:
             raise SystemExit(f"child computed {folder}, parent asked for {args.folder}")
-        build_model(folder, config, setup.device, tiny_folder(args.cache))
+        build_model(folder, config, setup.device, qwen_7b.tiny_folder(args.cache))
         return 0
     result = train_mode(args.mode, args.folder, args.workspace, args.steps, setup.dry_run)
     args.child_json.write_text(json.dumps(result, indent=2))

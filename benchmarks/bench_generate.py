@@ -79,53 +79,14 @@ from typing import Any
 
 import numpy as np
 import psutil
+import qwen_7b
 
 from stages.core import synthetic
 from stages.core.model import Generation, ModelConfig, Policy, Video
-from stages.core.tiny_model import build_tiny_model
 from stages.core.video import read_video
 
 # ---------------------------------------------------------------------------------------------------------------
 # Model shapes
-
-# Qwen2.5-VL-7B-Instruct as published (config.json on the Hub). Token ids are not here: they must match the
-# tokenizer the benchmark actually has, so they come from the tiny model's config.
-QWEN25_VL_7B_TEXT: dict[str, Any] = {
-    "vocab_size": 152064,
-    "hidden_size": 3584,
-    "intermediate_size": 18944,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 28,
-    "num_key_value_heads": 4,
-    "hidden_act": "silu",
-    "max_position_embeddings": 128000,
-    "rms_norm_eps": 1e-6,
-    "max_window_layers": 28,
-    "use_sliding_window": False,
-    "sliding_window": 32768,
-    # head_dim = 3584 / 28 = 128; the three M-RoPE sections (time, height, width) cover its 64 rotary pairs.
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-}
-QWEN25_VL_7B_VISION: dict[str, Any] = {
-    "depth": 32,
-    "hidden_size": 1280,
-    "intermediate_size": 3420,
-    "num_heads": 16,
-    "in_channels": 3,
-    "out_hidden_size": 3584,
-    "hidden_act": "silu",
-    "patch_size": 14,
-    "spatial_merge_size": 2,
-    "temporal_patch_size": 2,
-    "window_size": 112,
-    "fullatt_block_indexes": [7, 15, 23, 31],
-    "tokens_per_second": 2,
-}
-QWEN25_VL_7B_PARAMS = 8_292_166_656  # what the published checkpoint holds; the meta-device count must match
-# The real processor's pixel budget per frame (min_pixels / max_pixels of its preprocessor_config.json); 448x448
-# frames fall inside it and reach the model unresized: 32x32 patches, merged 2x2, 256 tokens per 2 frames.
-QWEN25_VL_7B_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}
-
 
 @dataclass(frozen=True)
 class Preset:
@@ -184,11 +145,11 @@ def small_preset(args: argparse.Namespace) -> Preset:
 
 
 def qwen7b_preset(args: argparse.Namespace) -> Preset:
-    text = {**QWEN25_VL_7B_TEXT, "layer_types": ["full_attention"] * QWEN25_VL_7B_TEXT["num_hidden_layers"]}
-    vision = dict(QWEN25_VL_7B_VISION)
-    common = dict(full_text=dict(text), full_vision=dict(vision), expected_params=QWEN25_VL_7B_PARAMS)
+    text = dict(qwen_7b.TEXT)
+    vision = dict(qwen_7b.VISION)
+    common = dict(full_text=dict(text), full_vision=dict(vision), expected_params=qwen_7b.PARAMS)
     if not args.dry_run_cpu:
-        return Preset("qwen2.5-vl-7b", text, vision, QWEN25_VL_7B_PIXELS, dtype="bfloat16", device="cuda",
+        return Preset("qwen2.5-vl-7b", text, vision, qwen_7b.PIXELS, dtype="bfloat16", device="cuda",
                       frames=32, size=448, prompts=args.prompts, batch_sizes=[1, 8, 16], max_new_tokens=64,
                       repeats=args.repeats, **common)
     # Same architecture and processor, 2 text layers of width 256 (2 heads of the real head_dim 128, so the
@@ -198,37 +159,12 @@ def qwen7b_preset(args: argparse.Namespace) -> Preset:
                 num_key_value_heads=1, layer_types=["full_attention"] * 2)
     vision.update(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=256,
                   fullatt_block_indexes=[1])
-    return Preset("qwen2.5-vl-7b-dry-run-cpu", text, vision, QWEN25_VL_7B_PIXELS, dtype="float32", device="cpu",
+    return Preset("qwen2.5-vl-7b-dry-run-cpu", text, vision, qwen_7b.PIXELS, dtype="float32", device="cpu",
                   frames=32, size=448, prompts=2, batch_sizes=[1, 2], max_new_tokens=4, repeats=1, **common)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Building the model folder
-
-
-def tiny_source(cache: Path) -> Path:
-    """The tiny model folder whose tokenizer, processor and config skeleton every preset starts from."""
-    folder = cache / "tiny-qwen2_5_vl"
-    if not (folder / "config.json").is_file() or not (folder / "processor_config.json").is_file():
-        build_tiny_model(folder, "qwen2_5_vl")
-    return folder
-
-
-def merged_config(tiny: Path, text: dict[str, Any], vision: dict[str, Any]) -> dict[str, Any]:
-    config = json.loads((tiny / "config.json").read_text())
-    config["text_config"].update(text)
-    config["vision_config"].update(vision)
-    return config
-
-
-def count_params_on_meta(config: dict[str, Any]) -> int:
-    """Parameter count of a config without allocating it: the 7B shape would need 16 GB just to be counted."""
-    import torch
-    from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
-
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(Qwen2_5_VLConfig(**config))
-    return sum(p.numel() for p in model.parameters())
 
 
 def build_model_folder(preset: Preset, cache: Path) -> tuple[Path, int]:
@@ -241,8 +177,8 @@ def build_model_folder(preset: Preset, cache: Path) -> tuple[Path, int]:
     from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig, Qwen2_5_VLConfig
     from transformers.utils import logging as hf_logging
 
-    tiny = tiny_source(cache)
-    config = merged_config(tiny, preset.text, preset.vision)
+    tiny = qwen_7b.tiny_folder(cache)
+    config = qwen_7b.config_from_tiny(tiny, preset.text, preset.vision)
     key = hashlib.sha256(json.dumps([config, preset.pixels, preset.dtype], sort_keys=True).encode()).hexdigest()
     folder = cache / f"{preset.name}-{key[:12]}"
     marker = folder / "bench-model.json"
@@ -539,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = small_preset(args) if args.preset == "small" else qwen7b_preset(args)
 
     if preset.expected_params is not None:
-        full = count_params_on_meta(merged_config(tiny_source(args.cache), preset.full_text, preset.full_vision))
+        tiny = qwen_7b.tiny_folder(args.cache)
+        full = qwen_7b.count_params_on_meta(qwen_7b.config_from_tiny(tiny, preset.full_text, preset.full_vision))
         # The shrunk dry run still checks the full shape: a mistyped width would otherwise only show on a GPU.
         print(f"qwen2.5-vl-7b config: {full:,} parameters (published checkpoint: {preset.expected_params:,})")
         if full != preset.expected_params:
