@@ -17,13 +17,13 @@ import csv
 import json
 import os
 import re
-import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stages.core.errors import SaviError
+from stages.core.parsing import LETTERS  # the same letters the answers are read back with
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,6 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
         "the Hugging Face dataset lmms-lab/Video-MME (videomme/test-00000-of-00001.parquet)"),
 }
 
-LETTERS = string.ascii_uppercase
 # lmms-eval's post-prompt for most lettered tasks.
 _ANSWER_WITH_LETTER = "Answer with the option's letter from the given choices directly."
 _VIDEOMME_PREAMBLE = ("Select the best answer to the following multiple-choice question based on the video and the "

@@ -31,7 +31,16 @@ import numpy as np
 from stages.benchmarks import BENCHMARKS, Benchmark, EvalItem, read_benchmark, submission
 from stages.core.config import settle_model
 from stages.core.errors import SaviError
-from stages.core.model import DEFAULT_MODEL, ModelConfig, Policy, Video, adapter_fingerprint, chunks, trained_adapter
+from stages.core.model import (
+    DEFAULT_MODEL,
+    ModelConfig,
+    Policy,
+    Video,
+    adapter_fingerprint,
+    chunks,
+    trained_adapter,
+    trained_rounds,
+)
 from stages.core.parsing import LETTERS, parse_choice
 from stages.core.records import EvalResult
 from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, write_json, written_records
@@ -133,8 +142,7 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
 
 def latest_trained_round(run: Run) -> int:
     """The last round with a trained adapter, or 0 (the base model) when there is none."""
-    trained = [r for r in run.rounds() if (run.round_dir(r) / "adapter" / "adapter_config.json").is_file()]
-    return max(trained, default=0)
+    return max(trained_rounds(run), default=0)
 
 
 def _check_videos(bench: Benchmark, items: list[EvalItem], source: BenchmarkSource,

@@ -104,7 +104,7 @@ def trained_adapter(run: Run, round: int) -> Path | None:
         return None
     adapter = run.round_dir(round) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
-        trained = [r for r in run.rounds() if (run.round_dir(r) / "adapter" / "adapter_config.json").is_file()]
+        trained = trained_rounds(run)
         have = f"rounds with a trained adapter: {', '.join(map(str, trained))}" if trained else "no round is trained"
         raise SaviError(f"round {round} of run '{run.name}' has no trained adapter ({have}); "
                         f"run `savi dpo --run {run.name} --round {round}` first")
@@ -112,6 +112,11 @@ def trained_adapter(run: Run, round: int) -> Path | None:
         raise SaviError(f"the adapter of round {round} in {adapter} has no weights (adapter_model.safetensors); "
                         f"redo it with `savi dpo --run {run.name} --round {round} --force`")
     return adapter
+
+
+def trained_rounds(run: Run) -> list[int]:
+    """The rounds of a run whose training finished with an adapter."""
+    return [r for r in run.rounds() if (run.round_dir(r) / "adapter" / "adapter_config.json").is_file()]
 
 
 def load_adapter(model: Any, adapter: Path, *, trainable: bool = False) -> Any:
