@@ -132,7 +132,7 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
     summary = summarize(rows, bench, round, cfg.mode, model_cfg.model, missing=len(missing))
     summary_path = art.path.with_name(f"{name}.summary.json")
     write_json(summary_path, summary)
-    submission_path = _write_submission(art.path, name, bench, rows)
+    submission_path = _write_submission(art.path, bench, rows)
     counts = {k: summary[k] for k in ("questions", "accuracy", "correct", "unparsed", "video_errors",
                                       "missing_videos")}
     added = 0 if writer.up_to_date else writer.finish(counts=counts, keep=current)["rows_added"]
@@ -270,12 +270,12 @@ def summarize(rows: list[EvalResult], bench: Benchmark, model_round: int, mode: 
     }
 
 
-def _write_submission(table: Path, name: str, bench: Benchmark, rows: list[EvalResult]) -> Path | None:
-    """Hidden answers: the file to upload to the benchmark's leaderboard."""
+def _write_submission(table: Path, bench: Benchmark, rows: list[EvalResult]) -> Path | None:
+    """Hidden answers: the file to upload to the benchmark's leaderboard, beside the table."""
     if bench.answers_public:
         return None
-    path = table.with_name(f"{name}.submission.json")
-    _, content = submission(bench, {r.question_id: r.prediction for r in rows})
+    file_name, content = submission(bench, {r.question_id: r.prediction for r in rows})
+    path = table.with_name(file_name)
     write_json(path, content)
     return path
 
