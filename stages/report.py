@@ -80,7 +80,12 @@ def write_chart(report: Report, path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    except OSError as e:
+        raise SaviError(f"cannot write the chart to {path}: {e.strerror}; pass --chart with a path in a writable "
+                        "folder") from None
+    finally:
+        plt.close(fig)
     return path

@@ -120,6 +120,14 @@ def test_report_without_evaluations_says_what_to_run(tiny_model, sampled_run):
     assert result.exit_code == 1 and "has no evaluations yet" in result.stderr and "--round 0" in result.stderr
 
 
+def test_a_chart_that_cannot_be_written_is_one_error_line(tiny_model, tmp_path, workspace):
+    evaluate(open_run("t"), write_benchmark("egoschema", tmp_path, questions=3), tiny_model)
+    result = runner.invoke(app, ["report", "--run", "t", "--chart", "/proc/savi-chart.png"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: cannot write the chart to /proc/savi-chart.png") and \
+        len(result.stderr.splitlines()) == 1
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Generate mode
 
