@@ -108,11 +108,13 @@ mode = "critique"
 max_new_tokens = 512
 
 [filter]
-# Swap when CLIP finds the rejected text better grounded (swap_margin 0: any margin), as in the VideoSAVi v1
-# figure [paper]; keep every pair CLIP orders. Near-duplicates (similarity 0.9) and length ratios above 3 are
-# dropped [recommended]. All four are savi's defaults, pinned.
-swap_margin = 0.0
-min_clip_margin = 0.0
+# CLIP swaps chosen and rejected only in judge mode, as in the VideoSAVi v1 figure [paper]; it never overturns a
+# critique's revision, since revisions fix order and spatial relations, which CLIP barely sees [recommended].
+# No CLIP margin drops pairs; the scores are kept for inspection (examples/queries/clip_swaps_and_margins.sql).
+# Pairs whose text was cut off at max_new_tokens are dropped; near-duplicates (similarity 0.9) and length
+# ratios above 3 too [recommended]. All are savi's defaults, pinned.
+swap = "auto"
+drop_cut_off = true
 near_duplicate = 0.9
 max_length_ratio = 3.0
 

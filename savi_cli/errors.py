@@ -5,8 +5,10 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import click
 import typer
 
 # OSErrors that the machine, not savi, causes: what the user can do about each.
@@ -24,7 +26,8 @@ _OS_ADVICE = {
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn SaviError into `Error: <message>` (exit 1), a full disk or a permission problem into the same kind of
-    line, Ctrl-C into a resume hint (exit 130), and a closed downstream pipe into a quiet exit (141)."""
+    line, Ctrl-C into a resume hint (exit 130), a closed downstream pipe into a quiet exit (141), and any other
+    exception (a bug) into one line naming the log file that holds its traceback (exit 1)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -43,11 +46,46 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(141) from None
         except OSError as e:
             if e.errno not in _OS_ADVICE:
-                raise
+                _unexpected(e, kwargs.get("workspace"))
             typer.echo(f"Error: {_printable(_os_error(e, kwargs.get('workspace')))}", err=True)
             raise typer.Exit(1) from None
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise  # Typer's own ways out (exit codes, usage errors)
+        except Exception as e:
+            _unexpected(e, kwargs.get("workspace"))
 
     return wrapper
+
+
+def _unexpected(error: Exception, workspace: Any) -> None:
+    """A bug (savi's or a library's): one line that names the error and a log file with the whole traceback."""
+    log = _write_traceback(workspace)
+    where = f"the traceback is in {log}" if log else "the traceback could not be saved"
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    typer.echo(f"Error: unexpected {type(error).__name__}: {_printable(first)} (a bug in savi or a library it "
+               f"uses); {where}, please include it when you report the problem", err=True)
+    raise typer.Exit(1) from None
+
+
+def _write_traceback(workspace: Any) -> Path | None:
+    """`<workspace>/.logs/<time>-<pid>.log`, or the same under the temporary folder when the workspace is not
+    writable; None when neither is."""
+    import datetime as dt
+    import tempfile
+    import traceback
+
+    from stages.core.store import workspace_root
+
+    name = f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    text = f"savi {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}"
+    for folder in (workspace_root(workspace) / ".logs", Path(tempfile.gettempdir()) / "savi-logs"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text, errors="backslashreplace")
+            return folder / name
+        except OSError:
+            continue
+    return None
 
 
 def _os_error(e: OSError, workspace: Any) -> str:

@@ -15,6 +15,7 @@ from stages.core.config import settle_model
 from stages.core.errors import SaviError
 from stages.core.model import (
     DEFAULT_MODEL,
+    Decoding,
     ModelConfig,
     Policy,
     adapter_fingerprint,
@@ -53,8 +54,11 @@ def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prom
     samples = {s.video_id: s for s in run.artifact("samples").read()}
     questions: list[Question] = questions_art.read()
 
+    # One decoding per temperature: candidate k is sampled at temperatures[k % len(temperatures)].
+    decodings = {t: Decoding(max_new_tokens=cfg.max_new_tokens, temperature=t) for t in cfg.temperatures}
     params = {**asdict(cfg), "temperatures": list(cfg.temperatures), "prompt_version": prompt.version,
-              "model": model_cfg.model, "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed}
+              "model": model_cfg.model, "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed,
+              "decoding": [d.record() for _, d in sorted(decodings.items())]}
     art = run.artifact("answers", round)
     writer = ArtifactWriter(art, params=params, inputs={"questions": file_sha256(questions_art.path)}, force=force,
                             incremental=True)
@@ -72,13 +76,14 @@ def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prom
             for batch in pending_batches(group, model_cfg.batch_size,
                                          lambda s: answer_id(s[0].question_id, s[2], s[1]) in writer.done_items):
                 videos = {vid: load_video(run, samples[vid]) for vid in {q.video_id for q, _, _ in batch}}
-                outputs = policy.generate([videos[q.video_id] for q, _, _ in batch],
-                                          [prompt.render("answer", question=q.text) for q, _, _ in batch],
+                user_turns = [prompt.render("answer", question=q.text) for q, _, _ in batch]
+                outputs = policy.generate([videos[q.video_id] for q, _, _ in batch], user_turns,
                                           keys=[answer_id(q.question_id, t, k) for q, k, t in batch],
-                                          max_new_tokens=cfg.max_new_tokens, temperature=temperature)
-                for (q, k, t), out in zip(batch, outputs):
+                                          decoding=decodings[temperature])
+                for (q, k, t), user_turn, out in zip(batch, user_turns, outputs):
                     if writer.add(Answer(answer_id(q.question_id, t, k), q.question_id, q.video_id, out.text, t, k,
-                                         out.num_tokens, out.finished, prompt.version, policy.name)):
+                                         out.num_tokens, out.finished, prompt.version, policy.name,
+                                         prompt=user_turn)):
                         tick()
     finally:
         writer.close()

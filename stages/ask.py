@@ -17,6 +17,7 @@ from stages.core.config import settle_model
 from stages.core.errors import SaviError
 from stages.core.model import (
     DEFAULT_MODEL,
+    Decoding,
     ModelConfig,
     Policy,
     adapter_fingerprint,
@@ -66,8 +67,9 @@ def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts
     videos = [s for s in samples_art.read() if s.status == "ok"]
     if not videos:
         raise SaviError(f"run '{run.name}' has no video that sampled without error; see `savi status`")
+    decoding = Decoding(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     params = {**asdict(cfg), "kinds": list(cfg.kinds), "prompt_version": prompt.version, "model": model_cfg.model,
-              "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed}
+              "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed, "decoding": decoding.record()}
     inputs = {"samples": file_sha256(samples_art.path)}
     art = run.artifact("questions", round)
     writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True)
@@ -88,8 +90,7 @@ def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts
                 [loaded[v.video_id] for v, _ in requests],
                 [prompt.render("questions", n=per_kind[kind], focus=prompt.tables["focus"][kind])
                  for _, kind in requests],
-                keys=[f"{v.video_id}:{kind}" for v, kind in requests],
-                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+                keys=[f"{v.video_id}:{kind}" for v, kind in requests], decoding=decoding)
             for video in chunk:
                 questions: dict[str, Question] = {}
                 for (v, kind), out in zip(requests, outputs):

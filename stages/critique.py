@@ -23,6 +23,7 @@ from stages.core.config import settle_model
 from stages.core.errors import SaviError
 from stages.core.model import (
     DEFAULT_MODEL,
+    Decoding,
     ModelConfig,
     Policy,
     adapter_fingerprint,
@@ -70,7 +71,8 @@ def run(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, *, pr
                         f"{round} has one answer per question; run `savi answer --candidates 5 --force` first")
 
     params = {**asdict(cfg), "prompt_version": prompt.version, "model": model_cfg.model,
-              "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed}
+              "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed,
+              "decoding": _decoding(cfg).record()}
     art = run.artifact("critiques", round)
     writer = ArtifactWriter(art, params=params, inputs={"answers": file_sha256(answers_art.path)}, force=force,
                             incremental=True)
@@ -119,13 +121,12 @@ def _critique_and_revise(policy: Policy, prompt, cfg: CritiqueConfig, batch: lis
     keys = [critique_id(a, cfg.mode) for a in batch]
     critiques = policy.generate(videos, [prompt.render("critique", question=q, answer=a.text)
                                          for q, a in zip(qs, batch)],
-                                keys=keys, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+                                keys=keys, decoding=_decoding(cfg))
     # Revise every answer, even when the critique found nothing: the pair is recorded (and marked unusable), so
     # the data shows how often the policy's self-assessment and its rewrites disagree.
     revisions = policy.generate(videos, [prompt.render("revise", question=q, answer=a.text, critique=c.text)
                                          for q, a, c in zip(qs, batch, critiques)],
-                                keys=[f"{k}:revise" for k in keys], max_new_tokens=cfg.max_new_tokens,
-                                temperature=cfg.temperature)
+                                keys=[f"{k}:revise" for k in keys], decoding=_decoding(cfg))
     rows = []
     for key, a, c, r in zip(keys, batch, critiques, revisions):
         verdict = parse_critique(c.text)
@@ -133,14 +134,14 @@ def _critique_and_revise(policy: Policy, prompt, cfg: CritiqueConfig, batch: lis
         rows.append(Critique(key, a.answer_id, a.question_id, a.video_id, cfg.mode, c.text,
                              found_errors=verdict.found_errors, error_types=list(verdict.error_types),
                              revision=revised, revision_similarity=round(similarity(a.text, revised), 4),
-                             prompt_version=prompt.version, model=policy.name))
+                             prompt_version=prompt.version, model=policy.name, revision_finished=r.finished))
     return rows
 
 
 def _judge(policy: Policy, prompt, cfg: CritiqueConfig, batch: list[Answer], qs: list[str], videos) -> list[Critique]:
     keys = [critique_id(a, cfg.mode) for a in batch]
     outputs = policy.generate(videos, [prompt.render("judge", question=q, answer=a.text) for q, a in zip(qs, batch)],
-                              keys=keys, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+                              keys=keys, decoding=_decoding(cfg))
     rows = []
     for key, a, out in zip(keys, batch, outputs):
         score = parse_judge(out.text)
@@ -165,14 +166,16 @@ def derive_candidates(critiques: list[Critique], answers: dict[str, Answer], que
             continue
         ranked = sorted(judged, key=lambda c: (-c.score, c.answer_id))
         best, worst = ranked[0], ranked[-1]
+        chosen, rejected = answers[best.answer_id], answers[worst.answer_id]
         tie = best.score == worst.score
         pairs.append(Candidate(
             pair_id=fingerprint([question_id, best.answer_id, worst.answer_id, best.text, worst.text]),
             video_id=best.video_id,
-            question_id=question_id, question=questions[question_id].text, chosen=answers[best.answer_id].text,
-            rejected=answers[worst.answer_id].text, chosen_source=best.answer_id, rejected_source=worst.answer_id,
+            question_id=question_id, question=questions[question_id].text, chosen=chosen.text,
+            rejected=rejected.text, chosen_source=best.answer_id, rejected_source=worst.answer_id,
             critique_id=None, mode="judge", chosen_score=best.score, rejected_score=worst.score, usable=not tie,
-            note="tie" if tie else None))
+            note="tie" if tie else None, prompt=rejected.prompt, chosen_finished=chosen.finished,
+            rejected_finished=rejected.finished))
     return pairs
 
 
@@ -191,7 +194,12 @@ def _revision_pair(c: Critique, answer: Answer, question: Question, cfg: Critiqu
     return Candidate(pair_id=fingerprint([c.critique_id, revision, answer.text]), video_id=c.video_id,
                      question_id=c.question_id, question=question.text, chosen=revision, rejected=answer.text,
                      chosen_source="revision", rejected_source=answer.answer_id, critique_id=c.critique_id,
-                     mode="critique", chosen_score=None, rejected_score=None, usable=note is None, note=note)
+                     mode="critique", chosen_score=None, rejected_score=None, usable=note is None, note=note,
+                     prompt=answer.prompt, chosen_finished=c.revision_finished, rejected_finished=answer.finished)
+
+
+def _decoding(cfg: CritiqueConfig) -> Decoding:
+    return Decoding(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
 
 
 def _critique_counts(critiques: list[Critique]) -> dict[str, int]:

@@ -47,6 +47,11 @@ max_new_tokens = 32
 [critique]
 max_new_tokens = 32
 
+[filter]
+# A real run drops pairs whose text was cut off at max_new_tokens (DPO would teach the model to stop
+# mid-sentence). The tiny random model rarely ends a reply by itself, so the demo keeps them to have pairs.
+drop_cut_off = false
+
 [clip]
 model = "local-dir:{clip}"
 

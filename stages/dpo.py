@@ -48,9 +48,9 @@ from stages.core.model import (
     adapter_fingerprint,
     adapter_for_round,
     load_adapter,
+    load_model,
     load_video,
-    quantization_config,
-    quiet_transformers,
+    preference_row,
     resolve_device,
     resolve_dtype,
 )
@@ -155,25 +155,11 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import DPOConfig
 
-    quiet_transformers()
     device = resolve_device(model_cfg.device)
     on_gpu = device.startswith("cuda")
-    dtype = resolve_dtype(model_cfg.dtype, device)
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if model_cfg.load_in_4bit:
-        if not on_gpu:
-            log.warning("4-bit training without CUDA runs on bitsandbytes' CPU kernels: correct, but slow")
-        kwargs["quantization_config"] = quantization_config(dtype)
-    if on_gpu:
-        kwargs["device_map"] = {"": device}
-    try:
-        processor = AutoProcessor.from_pretrained(model_cfg.model)
-        model = AutoModelForImageTextToText.from_pretrained(model_cfg.model, **kwargs)
-    except (OSError, ValueError) as e:
-        raise SaviError(f"cannot load model {model_cfg.model!r}: {str(e).splitlines()[0][:300]}") from None
+    model, processor = load_model(model_cfg, training=True)
 
     peft_config = None
     if previous is None:
@@ -184,7 +170,7 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
         model = load_adapter(model, previous, trainable=True)
 
     with_gap = cfg.loss == "clip-weighted"
-    dataset = Dataset.from_list([preference_row(p, with_gap) for p in pairs])
+    dataset = Dataset.from_list([_training_row(p, with_gap) for p in pairs])
     args = DPOConfig(
         output_dir=str(output_dir),
         beta=cfg.beta,
@@ -198,7 +184,7 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
         gradient_accumulation_steps=cfg.grad_accum,
         gradient_checkpointing=cfg.gradient_checkpointing,
         optim="paged_adamw_8bit" if on_gpu else "adamw_torch",
-        bf16=on_gpu and dtype == torch.bfloat16,
+        bf16=on_gpu and resolve_dtype(model_cfg.dtype, device) == torch.bfloat16,
         logging_steps=1,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -209,25 +195,64 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
         seed=model_cfg.seed,
         disable_tqdm=True,
         use_cpu=not on_gpu,
+        # trl would set every dropout to 0, LoRA's too; `keep_dropout_on_the_trained_adapter` decides instead.
+        disable_dropout=False,
     )
     callbacks = [TrainLogCallback(writer, progress)] if writer is not None else []
     trainer = VideoDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                               peft_config=peft_config, data_collator=VideoPreferenceCollator(processor, run, samples),
                               callbacks=callbacks, clip_gamma=cfg.clip_gamma if with_gap else 0.0)
     trainer.remove_callback(PrinterCallback)  # it prints metric dicts to stdout, which carries only the path
+    keep_the_vision_tower_out_of_autograd(trainer.model)
+    train_lora_in_float32(trainer.model)
+    keep_dropout_on_the_trained_adapter(trainer.model, cfg.lora_dropout)
     return trainer
 
 
-def preference_row(pair: Pair, with_gap: bool) -> dict[str, Any]:
-    """trl's conversational preference format. The empty `images` list only tells trl that this is a vision
-    dataset (so it keeps the raw rows for the collator); the frames come from the run, by video_id."""
-    row = {
-        "prompt": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": pair.question}]}],
-        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": pair.chosen}]}],
-        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": pair.rejected}]}],
-        "images": [],
-        "video_id": pair.video_id,
-    }
+def keep_the_vision_tower_out_of_autograd(model: Any) -> None:
+    """Undo the part of trl's `enable_input_require_grads()` that reaches the frozen vision tower.
+
+    With gradient checkpointing on a PEFT model, trl makes the input embeddings' outputs require grad. transformers
+    5 hooks the input embeddings of every sub-model, the vision tower's patch embedding included, so the whole
+    frozen tower entered the autograd graph of every step: its activations kept for backward (about 2.7 GB at 7B
+    and 32 frames of 448 px) and recomputed, for no gradient. Only the language model's embeddings keep the hook.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "_require_grads_hooks", None):
+        return
+    base.disable_input_require_grads()
+
+    def make_inputs_require_grads(module, inputs, output):
+        output.requires_grad_(True)
+
+    base._require_grads_hooks = [base.get_input_embeddings().register_forward_hook(make_inputs_require_grads)]
+
+
+def train_lora_in_float32(model: Any) -> None:
+    """trl casts the trainable weights of a quantised model to bf16, where most of an update at lr 5e-6 rounds
+    away; master weights stay in float32 (the forward pass still computes in the compute dtype)."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def keep_dropout_on_the_trained_adapter(model: Any, p: float) -> None:
+    """LoRA dropout `p` on the adapter being trained, and none anywhere else: not in the base model, and not in
+    trl's frozen "ref" adapter, whose log-probabilities must be the same on every pass."""
+    import torch
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p if name.endswith("lora_dropout.default") else 0.0
+
+
+def _training_row(pair: Pair, with_gap: bool) -> dict[str, Any]:
+    """trl's preference row, plus what the collator needs: the video's id and, for clip-weighted, the CLIP gap.
+    The empty `images` list only tells trl that this is a vision dataset (so it keeps the raw rows for the
+    collator); the frames come from the run, by video_id."""
+    row = {**preference_row(pair), "images": [], "video_id": pair.video_id}
     if with_gap:
         row["clip_gap"] = float((pair.chosen_clip or 0.0) - (pair.rejected_clip or 0.0))
     return row
@@ -296,13 +321,20 @@ class VideoPreferenceCollator:
                                                   add_generation_prompt=add_generation_prompt)
 
     def _completion(self, example: dict[str, Any], key: str) -> str:
-        """The assistant turn as the chat template writes it (answer plus end-of-turn tokens)."""
-        prompt = self._render(example["prompt"], add_generation_prompt=True)
+        """The reply as the model writes it after the generation prompt: the answer, then the end-of-turn text
+        that the chat template puts after an assistant message.
+
+        Not "the whole conversation minus the prompt": some templates render an assistant turn differently from
+        their generation prompt (LLaVA-OneVision writes `<|im_start|>assistant \n` in the one and
+        `<|im_start|>assistant\n` in the other), and the model only ever continues the generation prompt.
+        """
+        answer = example[key][0]["content"][0]["text"]
         full = self._render(example["prompt"] + example[key])
-        if not full.startswith(prompt):
-            raise SaviError("this model's chat template renders a conversation differently from its prompt, so "
-                            "savi cannot find where the answer starts")
-        return full[len(prompt):]
+        at = full.rfind(answer)
+        if at < 0:
+            raise SaviError("this model's chat template does not write an assistant message's text as given, so "
+                            "savi cannot tell where the answer ends")
+        return answer + full[at + len(answer):]
 
 
 class VideoDPOTrainer(DPOTrainer):

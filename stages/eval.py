@@ -33,6 +33,7 @@ from stages.core.config import settle_model
 from stages.core.errors import SaviError
 from stages.core.model import (
     DEFAULT_MODEL,
+    Decoding,
     ModelConfig,
     Policy,
     Video,
@@ -109,6 +110,7 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
               "max_side": cfg.max_side, "model": model_cfg.model, "adapter": adapter_fingerprint(adapter)}
     if cfg.mode == "generate":
         params["max_new_tokens"] = cfg.max_new_tokens
+        params["decoding"] = Decoding(max_new_tokens=cfg.max_new_tokens).record()
     inputs = {"annotations": {p.name: file_sha256(p) for p in bench.sources}, "questions": len(items),
               "videos_found": len(present)}
     art = run.eval_artifact(name, round)
@@ -211,7 +213,7 @@ def _answer(policy: Policy, batch: Sequence[EvalItem], videos: dict[str, Video |
             answers[item.question_id] = (int(np.argmax(option_scores)), "likelihood", "", option_scores)
     elif ok:
         replies = policy.generate(clips, prompts, keys=[i.question_id for i in ok],
-                                  max_new_tokens=cfg.max_new_tokens, temperature=0.0)
+                                  decoding=Decoding(max_new_tokens=cfg.max_new_tokens))
         for item, reply in zip(ok, replies):
             prediction, how = parse_choice(reply.text, item.options, item.yes_no)
             answers[item.question_id] = (prediction, how, reply.text, [])

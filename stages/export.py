@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.core.errors import SaviError
+from stages.core.model import preference_row
 from stages.core.store import Run, atomic_path
 
 FORMATS = ("trl", "jsonl")
@@ -45,9 +46,7 @@ def export_pairs(run: Run, round: int, fmt: str, out: Path | None = None) -> Pat
 def _row(run: Run, pair: Any, sample: Any) -> dict[str, Any]:
     frames = sorted((run.path / sample.frames_dir).glob("*.jpg"))
     return {
-        "prompt": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": pair.question}]}],
-        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": pair.chosen}]}],
-        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": pair.rejected}]}],
+        **preference_row(pair),
         "video": [str(f.resolve()) for f in frames],
         "frame_timestamps": list(sample.timestamps_s),
         "video_id": pair.video_id,

@@ -3,15 +3,21 @@
 Rules, in order; the first that applies names the pair's drop reason:
 1. The critique's own verdict: a pair the critique stage marked unusable keeps its reason (`no_errors`,
    `revision_unchanged`, `empty_critique`, `empty_revision`, `tie`).
-2. `empty_text`: the chosen or the rejected text is empty.
-3. `near_duplicate`: the two texts are at least `near_duplicate` similar (0-1), so there is nothing to prefer.
-4. `length_ratio`: one text is more than `max_length_ratio` times longer than the other. DPO readily learns
+2. `cut_off`: the chosen or the rejected text was cut off at the token limit. DPO would append an end-of-turn
+   token to it and teach the policy to stop mid-sentence.
+3. `empty_text`: the chosen or the rejected text is empty.
+4. `near_duplicate`: the two texts are at least `near_duplicate` similar (0-1), so there is nothing to prefer.
+5. `length_ratio`: one text is more than `max_length_ratio` times longer than the other. DPO readily learns
    "longer is better" from such pairs, whatever their content.
-5. CLIP swap: if the rejected text is more grounded in the video than the chosen one by more than
-   `swap_margin`, the two exchange roles (VideoSAVi's grounding check). The pair is kept, marked `swapped`.
-6. `low_clip_margin`: after any swap, chosen-minus-rejected CLIP score below `min_clip_margin`.
+6. CLIP swap: if the rejected text is more grounded in the video than the chosen one by more than
+   `swap_margin`, the two exchange roles, marked `swapped`. This is VideoSAVi v1's rule for its judge pipeline,
+   and by default (`swap = "auto"`) savi applies it there only. A critique's revision fixes what CLIP cannot see
+   (order, spatial relations, causality: CLIP scores a text much like a bag of words), so a small CLIP difference
+   between an answer and its revision is mostly noise, and letting it overturn the critique would train many
+   pairs backwards. In critique mode the scores are recorded (for `--loss clip-weighted` and for inspection).
+7. `low_clip_margin`: after any swap, chosen-minus-rejected CLIP score below `min_clip_margin` (unset: no drop).
 
-CLIP scores only the pairs that survive rules 1-4. Frame embeddings come from the run's cache (`stages/core/clip.py`),
+CLIP scores only the pairs that survive rules 1-5. Frame embeddings come from the run's cache (`stages/core/clip.py`),
 so every round after the first, and eval, pays only for the text.
 Every pair lands in `pairs.parquet`: kept ones with their CLIP scores, dropped ones with their reason.
 """
@@ -23,27 +29,36 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from stages.core.clip import ClipConfig, ClipScorer
+from stages.core.errors import SaviError
 from stages.core.parsing import similarity
 from stages.core.records import Candidate, Pair
 from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, written_records
 
+SWAPS = ("auto", "on", "off")
+
 
 @dataclass(frozen=True)
 class FilterConfig:
+    swap: str = "auto"
+    """When CLIP may swap chosen and rejected: auto (judge mode only, as VideoSAVi v1), on, or off."""
     swap_margin: float = 0.0
     """Swap when the rejected text's CLIP score beats the chosen one's by more than this."""
-    min_clip_margin: float = 0.0
-    """Drop pairs whose chosen-minus-rejected CLIP score (after swapping) is below this."""
+    min_clip_margin: float | None = None
+    """Drop pairs whose chosen-minus-rejected CLIP score (after any swap) is below this; unset: no drop."""
     near_duplicate: float = 0.9
     """Drop pairs whose two texts are at least this similar (0-1)."""
     max_length_ratio: float = 3.0
     """Drop pairs where one text is more than this many times longer than the other."""
+    drop_cut_off: bool = True
+    """Drop pairs where either text was cut off at the token limit."""
 
 
 def text_rule(pair: Candidate, cfg: FilterConfig) -> str | None:
-    """Rules 1-4, which need no model: the drop reason, or None to go on to CLIP."""
+    """Rules 1-5, which need no model: the drop reason, or None to go on to CLIP."""
     if not pair.usable:
         return pair.note or "unusable"
+    if cfg.drop_cut_off and (pair.chosen_finished is False or pair.rejected_finished is False):
+        return "cut_off"
     if not pair.chosen.strip() or not pair.rejected.strip():
         return "empty_text"
     if similarity(pair.chosen, pair.rejected) >= cfg.near_duplicate:
@@ -54,19 +69,27 @@ def text_rule(pair: Candidate, cfg: FilterConfig) -> str | None:
     return None
 
 
+def may_swap(mode: str, cfg: FilterConfig) -> bool:
+    return cfg.swap == "on" or (cfg.swap == "auto" and mode == "judge")
+
+
 def grounding_rule(pair: Candidate, chosen_clip: float, rejected_clip: float, cfg: FilterConfig) -> Pair:
-    """Rules 5-6: swap if the rejected text is clearly better grounded, then check the margin."""
-    swapped = rejected_clip > chosen_clip + cfg.swap_margin
+    """Rules 6-7: swap if the rejected text is clearly better grounded (where swapping applies), then check the
+    margin."""
+    swapped = may_swap(pair.mode, cfg) and rejected_clip > chosen_clip + cfg.swap_margin
     chosen, rejected = (pair.rejected, pair.chosen) if swapped else (pair.chosen, pair.rejected)
     if swapped:
         chosen_clip, rejected_clip = rejected_clip, chosen_clip
-    reason = "low_clip_margin" if chosen_clip - rejected_clip < cfg.min_clip_margin else None
+    too_close = cfg.min_clip_margin is not None and chosen_clip - rejected_clip < cfg.min_clip_margin
+    reason = "low_clip_margin" if too_close else None
     return Pair(pair.pair_id, pair.video_id, pair.question_id, pair.question, chosen, rejected, chosen_clip,
-                rejected_clip, swapped, pair.mode, kept=reason is None, drop_reason=reason)
+                rejected_clip, swapped, pair.mode, kept=reason is None, drop_reason=reason, prompt=pair.prompt)
 
 
 def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force: bool = False,
         progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
+    if cfg.swap not in SWAPS:
+        raise SaviError(f"unknown swap {cfg.swap!r} in [filter]: use {', '.join(SWAPS)}")
     candidates_art = run.require("candidates", round)
     candidates: list[Candidate] = candidates_art.read()
     # CLIP is named by the fingerprint of its actual architecture and weights, not by the paths given: a model
@@ -90,7 +113,8 @@ def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force:
                 to_score.append(pair)
                 continue
             writer.add(Pair(pair.pair_id, pair.video_id, pair.question_id, pair.question, pair.chosen,
-                            pair.rejected, None, None, False, pair.mode, kept=False, drop_reason=reason))
+                            pair.rejected, None, None, False, pair.mode, kept=False, drop_reason=reason,
+                            prompt=pair.prompt))
             tick()
         if to_score:
             samples = {s.video_id: s for s in run.artifact("samples").read()}
@@ -107,7 +131,8 @@ def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force:
     current = {c.pair_id for c in candidates}
     rows: list[Pair] = [p for p in written_records(art) if p.pair_id in current]
     dropped = Counter(p.drop_reason for p in rows if not p.kept)
-    counts = {"candidates": len(rows), "kept": sum(p.kept for p in rows), "swapped": sum(p.swapped for p in rows),
+    counts = {"candidates": len(rows), "kept": sum(p.kept for p in rows),
+              "clip_scored": sum(p.chosen_clip is not None for p in rows), "swapped": sum(p.swapped for p in rows),
               **{f"dropped_{reason}": n for reason, n in sorted(dropped.items())}}
     manifest = writer.finish(counts=counts, keep=current)
     return StageResult(art.path, len(todo), manifest["rows_added"], False, counts)

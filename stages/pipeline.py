@@ -189,11 +189,16 @@ def describe(summary: RoundSummary) -> list[str]:
     lines.append(f"  ask       {ask_c['questions']} questions about {ask_c['videos']} videos"
                  f" ({ask_c['parse_failures']} unparsed generations)")
     lines.append(f"  answer    {answer_c['answers']} answers ({answer_c['cut_off']} cut off at the token limit)")
-    lines.append(f"  critique  {critique_c['critiques']} critiques, {critique_c['found_errors']} found errors")
+    if "judged" in critique_c:
+        lines.append(f"  critique  {critique_c['judged']} answers judged, {critique_c['scored']} scored")
+    else:
+        lines.append(f"  critique  {critique_c['critiques']} critiques, {critique_c['found_errors']} found errors")
     drops = {k.removeprefix("dropped_"): v for k, v in filter_c.items() if k.startswith("dropped_")}
     dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(drops.items(), key=lambda x: -x[1])) or "none"
-    lines.append(f"  filter    kept {filter_c['kept']} of {filter_c['candidates']} pairs "
-                 f"({filter_c['swapped']} swapped by CLIP); dropped: {dropped}")
+    scored = filter_c.get("clip_scored", 0)
+    swap_rate = f" ({100 * filter_c['swapped'] / scored:.0f}%)" if scored else ""
+    lines.append(f"  filter    kept {filter_c['kept']} of {filter_c['candidates']} pairs; CLIP swapped "
+                 f"{filter_c['swapped']} of {scored} scored{swap_rate}; dropped: {dropped}")
     accuracy = dpo_c.get("final_reward_accuracy")
     lines.append(f"  dpo       {dpo_c['steps']} steps on {dpo_c['pairs']} pairs; reward accuracy on them "
                  f"{'n/a' if accuracy is None else f'{accuracy:.2f}'}")

@@ -17,12 +17,12 @@ def save_random_adapter(run, round, tiny_model):
     model.save_pretrained(run.round_dir(round) / "adapter")
 
 
-def write_pairs(run, round, n=4):
+def write_pairs(run, round, n=4, prompt=""):
     """`n` kept pairs about the run's videos, as `savi filter` would leave them."""
     videos = [s.video_id for s in run.artifact("samples").read()]
     writer = ArtifactWriter(run.artifact("pairs", round), params={}, inputs={})
     for i in range(n):
         writer.add(Pair(f"p{i}", videos[i % len(videos)], f"q{i}", "Which way does the shape move?",
                         "It moves from left to right.", "It jumps up and then disappears.", 0.31, 0.22, False,
-                        "critique", True, None))
+                        "critique", True, None, prompt=prompt))
     writer.finish()

@@ -98,3 +98,19 @@ def test_demo_runs_two_full_rounds_with_eval_and_ends_with_the_report(tmp_path):
     assert again.exit_code == 0 and "writing example videos" not in again.stderr
     report = result.stdout.split("savi report --run demo")[1]
     assert again.stdout.split("savi report --run demo")[1] == report  # nothing was redone or changed
+
+
+def test_an_unexpected_error_is_one_line_naming_a_log_with_the_traceback(monkeypatch, workspace):
+    def broken(*args, **kwargs):  # stands for a bug deep in a library, like bitsandbytes' shape error
+        raise RuntimeError("shape '[96, 0]' is invalid for input of size 48\nsecond line of the message")
+
+    monkeypatch.setattr("stages.core.store.describe_runs", broken)
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("Error: unexpected RuntimeError: shape '[96, 0]' is invalid for input of size 48 "
+                                    "(a bug in savi or a library it uses); the traceback is in ")
+    log = result.stderr.split("the traceback is in ")[1].split(", please include it")[0]
+    assert log.startswith(str(workspace / ".logs"))
+    text = open(log).read()
+    assert "Traceback (most recent call last)" in text and "second line of the message" in text

@@ -29,9 +29,9 @@ FILTER = filter_stage.FilterConfig()
 
 
 def candidate(pair_id="p", chosen="The red square moves to the right.", rejected="A blue ball rolls upward.",
-              usable=True, note=None, video_id="v"):
+              usable=True, note=None, video_id="v", mode="critique", **finished):
     return Candidate(pair_id, video_id, f"q-{pair_id}", "Where does the square go?", chosen, rejected, "revision",
-                     "a", "c", "critique", None, None, usable, note)
+                     "a", "c", mode, None, None, usable, note, **finished)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -49,18 +49,40 @@ def test_text_rules_give_each_drop_its_reason():
     assert filter_stage.text_rule(candidate(), FILTER) is None
 
 
-def test_the_rejected_text_is_swapped_in_when_clip_finds_it_better_grounded():
-    kept = filter_stage.grounding_rule(candidate(), 0.30, 0.25, FILTER)
+def test_a_pair_with_a_text_cut_off_at_the_token_limit_is_dropped():
+    # DPO would end the cut text with an end-of-turn token and teach the policy to stop mid-sentence.
+    assert filter_stage.text_rule(candidate(chosen_finished=False, rejected_finished=True), FILTER) == "cut_off"
+    assert filter_stage.text_rule(candidate(chosen_finished=True, rejected_finished=False), FILTER) == "cut_off"
+    assert filter_stage.text_rule(candidate(chosen_finished=True, rejected_finished=True), FILTER) is None
+    keep = filter_stage.FilterConfig(drop_cut_off=False)
+    assert filter_stage.text_rule(candidate(chosen_finished=False), keep) is None
+
+
+def test_clip_swaps_judge_pairs_but_never_overturns_a_critiques_revision():
+    # Judge mode (VideoSAVi v1): the rejected answer is swapped in when CLIP finds it better grounded.
+    kept = filter_stage.grounding_rule(candidate(mode="judge"), 0.30, 0.25, FILTER)
     assert (kept.kept, kept.swapped, kept.chosen_clip, kept.rejected_clip) == (True, False, 0.30, 0.25)
-    swapped = filter_stage.grounding_rule(candidate(), 0.20, 0.31, FILTER)
+    swapped = filter_stage.grounding_rule(candidate(mode="judge"), 0.20, 0.31, FILTER)
     assert swapped.swapped and swapped.chosen == "A blue ball rolls upward."
     assert (swapped.chosen_clip, swapped.rejected_clip) == (0.31, 0.20)
-    within_margin = filter_stage.grounding_rule(candidate(), 0.20, 0.21, filter_stage.FilterConfig(swap_margin=0.05))
+    within_margin = filter_stage.grounding_rule(candidate(mode="judge"), 0.20, 0.21,
+                                                filter_stage.FilterConfig(swap_margin=0.05))
     assert not within_margin.swapped
-    strict = filter_stage.FilterConfig(swap_margin=0.05, min_clip_margin=0.0)
-    assert filter_stage.grounding_rule(candidate(), 0.20, 0.21, strict).drop_reason == "low_clip_margin"
-    assert filter_stage.grounding_rule(candidate(), 0.30, 0.29, filter_stage.FilterConfig(min_clip_margin=0.02)) \
-        .drop_reason == "low_clip_margin"
+    # Critique mode: the revision stays chosen, whatever CLIP's small preference, and the pair is kept.
+    revision = filter_stage.grounding_rule(candidate(), 0.20, 0.31, FILTER)
+    assert (revision.swapped, revision.kept, revision.chosen) == (False, True, "The red square moves to the right.")
+    assert filter_stage.grounding_rule(candidate(), 0.20, 0.31, filter_stage.FilterConfig(swap="on")).swapped
+    assert not filter_stage.grounding_rule(candidate(mode="judge"), 0.2, 0.3,
+                                           filter_stage.FilterConfig(swap="off")).swapped
+
+
+def test_a_clip_margin_drops_only_when_it_is_set():
+    assert filter_stage.grounding_rule(candidate(), 0.20, 0.31, FILTER).drop_reason is None
+    strict = filter_stage.FilterConfig(min_clip_margin=0.02)
+    assert filter_stage.grounding_rule(candidate(), 0.30, 0.29, strict).drop_reason == "low_clip_margin"
+    assert filter_stage.grounding_rule(candidate(), 0.30, 0.25, strict).drop_reason is None
+    judged = filter_stage.FilterConfig(swap_margin=0.05, min_clip_margin=0.0)
+    assert filter_stage.grounding_rule(candidate(mode="judge"), 0.20, 0.21, judged).drop_reason == "low_clip_margin"
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +110,10 @@ def test_filter_stage_scores_with_clip_and_keeps_every_drop_with_its_reason(samp
     assert (rows["dup"].kept, rows["dup"].drop_reason, rows["dup"].chosen_clip) == (False, "near_duplicate", None)
     assert rows["clean"].drop_reason == "no_errors"
     scored = [rows[f"p{i}"] for i in range(6)]
-    assert all(p.kept and -1 <= p.chosen_clip <= 1 and p.chosen_clip >= p.rejected_clip for p in scored)
+    # Critique-mode pairs: scored, and the revision stays chosen whatever the scores.
+    assert all(p.kept and -1 <= p.chosen_clip <= 1 and -1 <= p.rejected_clip <= 1 and not p.swapped
+               for p in scored)
+    assert [p.chosen for p in scored] == [f"The red square moves right, step {i}." for i in range(6)]
     assert result.counts["kept"] == 6 and result.counts["dropped_near_duplicate"] == 1
     assert result.counts["dropped_no_errors"] == 1
     assert result.counts["swapped"] == sum(p.swapped for p in scored)
@@ -292,3 +317,109 @@ def test_filter_knows_its_clip_by_weights_not_by_path(sampled_run, tmp_path):
     other = build_tiny_clip(tmp_path / "clip-b", seed=1)
     with pytest.raises(SaviError, match="different parameters"):
         filter_stage.run(sampled_run, 1, FILTER, ClipConfig(model=f"local-dir:{other}"))
+
+
+def vision_tower(model):
+    return next(m for name, m in model.named_modules() if name.endswith(("model.visual", "model.vision_tower")))
+
+
+def one_step_in_the_vision_tower(trainer):
+    """Run one training step's forward and backward; return whether the vision tower's outputs were part of the
+    autograd graph, and the bytes autograd saved for backward while inside it."""
+    tower = vision_tower(trainer.model)
+    inside, outputs_need_grad, saved = [False], [], [0]
+
+    def enter(module, args):
+        inside[0] = True
+
+    def leave(module, args, output):
+        inside[0] = False
+        tensor = output if isinstance(output, torch.Tensor) else output[0]
+        outputs_need_grad.append(tensor.requires_grad)
+
+    def pack(tensor):
+        if inside[0]:
+            saved[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    hooks = [tower.register_forward_pre_hook(enter), tower.register_forward_hook(leave)]
+    trainer.model.train()
+    batch = trainer.data_collator([dict(r) for r in trainer.train_dataset])
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+    for hook in hooks:
+        hook.remove()
+    return outputs_need_grad, saved[0]
+
+
+def test_the_default_dpo_step_keeps_the_frozen_vision_tower_out_of_autograd(sampled_run, tiny_model):
+    # The default path: 4-bit base, gradient checkpointing, LoRA. trl's enable_input_require_grads() used to hook
+    # the vision tower's patch embedding too, so the frozen tower's activations were kept for backward.
+    write_pairs(sampled_run, 1, n=2)
+    samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
+    defaults = dpo.TrainConfig()
+    assert defaults.four_bit and defaults.gradient_checkpointing
+    trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
+                                dpo.TrainConfig(max_steps=1, batch_size=2),
+                                ModelConfig(model=str(tiny_model()), load_in_4bit=True, device="cpu"), None,
+                                sampled_run.path / "ckpt", None)
+    needs_grad, saved = one_step_in_the_vision_tower(trainer)
+    assert needs_grad and not any(needs_grad) and saved == 0
+    assert all(p.grad is not None for n, p in trainer.model.named_parameters() if p.requires_grad)
+
+
+def test_lora_weights_train_in_float32_on_a_4bit_base(sampled_run, tiny_model):
+    # trl casts them to bf16, where most of an update at lr 5e-6 rounds away.
+    write_pairs(sampled_run, 1, n=2)
+    samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
+    trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
+                                train_cfg(max_steps=1, four_bit=True),
+                                ModelConfig(model=str(tiny_model()), load_in_4bit=True, device="cpu"), None,
+                                sampled_run.path / "ckpt", None)
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+
+
+def test_lora_dropout_applies_to_the_trained_adapter_only(sampled_run, tiny_model):
+    write_pairs(sampled_run, 1, n=2)
+    write_pairs(sampled_run, 2, n=2)
+    samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
+    mcfg = ModelConfig(model=str(tiny_model()))
+    dpo.run(sampled_run, 1, train_cfg(max_steps=1, lora_dropout=0.3), mcfg)
+    # Round 2: a trained adapter and trl's frozen "ref" copy of it, which must score the same on every pass.
+    trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 2).read(),
+                                train_cfg(max_steps=1, lora_dropout=0.3), mcfg, sampled_run.round_dir(1) / "adapter",
+                                sampled_run.path / "ckpt", None)
+    dropouts = {name: m.p for name, m in trainer.model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    trained = {n: p for n, p in dropouts.items() if n.endswith("lora_dropout.default")}
+    assert trained and set(trained.values()) == {0.3}
+    assert all(p == 0.0 for n, p in dropouts.items() if n not in trained)
+    assert any(n.endswith("lora_dropout.ref") for n in dropouts)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+def test_dpo_scores_each_reply_as_the_model_writes_it_after_the_prompt_it_was_sampled_from(
+        family, sampled_run, tiny_model):
+    from stages.core.prompts import load_prompts
+
+    user_turn = load_prompts()["answer"].render("answer", question="Which way does the shape move?")
+    write_pairs(sampled_run, 1, n=2, prompt=user_turn)
+    samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
+    trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
+                                train_cfg(max_steps=1), ModelConfig(model=str(tiny_model(family))), None,
+                                sampled_run.path / "ckpt", None)
+    batch = trainer.data_collator([dict(r) for r in trainer.train_dataset])
+    tokenizer = trainer.processing_class.tokenizer
+    row = batch["input_ids"][0][batch["attention_mask"][0] == 1]
+    in_prompt = row[batch["completion_mask"][0][batch["attention_mask"][0] == 1] == 0]
+    completion = row[batch["completion_mask"][0][batch["attention_mask"][0] == 1] == 1]
+    # The prompt is the answer template the reply was sampled with, not the bare question.
+    assert user_turn.strip() in tokenizer.decode(in_prompt)
+    # The completion is what follows the generation prompt: the reply and the end of the turn, exactly as a
+    # generation would be (LLaVA-OneVision's template writes its assistant turns differently from that prompt).
+    generation_prompt = trainer.processing_class.apply_chat_template(
+        trainer.train_dataset[0]["prompt"], tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(in_prompt).endswith(generation_prompt[-20:])
+    assert tokenizer.decode(completion).startswith("It moves from left to right.<|im_end|>")
+    trainer.train()

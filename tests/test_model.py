@@ -7,7 +7,7 @@ import torch
 
 from stages.core.config import read_config, settle_model
 from stages.core.errors import SaviError
-from stages.core.model import ModelConfig, Policy, adapter_for_round, load_video
+from stages.core.model import Decoding, ModelConfig, Policy, adapter_for_round, load_video
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +19,8 @@ def videos_of(run):
 
 
 def generate(policy, videos, temperature=0.0, max_new_tokens=12):
-    return policy.generate(videos, PROMPTS, keys=[f"k{i}" for i in range(3)], max_new_tokens=max_new_tokens,
-                           temperature=temperature)
+    return policy.generate(videos, PROMPTS, keys=[f"k{i}" for i in range(3)],
+                           decoding=Decoding(max_new_tokens=max_new_tokens, temperature=temperature))
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
@@ -39,7 +39,8 @@ def test_sampling_is_reproducible_per_item_key(tiny_model, sampled_run):
     first = generate(policy, videos, temperature=1.0)
     again = generate(policy, videos, temperature=1.0)
     assert first == again
-    other_keys = policy.generate(videos, PROMPTS, keys=["x0", "x1", "x2"], max_new_tokens=12, temperature=1.0)
+    other_keys = policy.generate(videos, PROMPTS, keys=["x0", "x1", "x2"],
+                                 decoding=Decoding(max_new_tokens=12, temperature=1.0))
     assert other_keys != first
 
 
@@ -68,23 +69,62 @@ def test_the_round_2_policy_is_the_base_plus_round_1s_adapter(tiny_model, sample
     assert [g.text for g in generate(policy, videos)] != [g.text for g in base_out]
 
 
-def test_cuda_out_of_memory_halves_the_batch_and_loses_nothing(tiny_model, sampled_run, monkeypatch):
+def test_sampling_ignores_the_decoding_defaults_a_checkpoint_ships(tiny_model, sampled_run):
+    import json
+
+    # The tiny model carries Qwen2.5-VL-7B-Instruct's generation_config.json: top_k=1 and top_p=0.001 would make
+    # every sample the greedy reply, and its repetition penalty would apply everywhere.
+    shipped = json.loads((tiny_model() / "generation_config.json").read_text())
+    assert (shipped["top_k"], shipped["top_p"], shipped["repetition_penalty"]) == (1, 0.001, 1.05)
+    policy = Policy.load(ModelConfig(model=str(tiny_model()), batch_size=5))
+    video = videos_of(sampled_run)[0]
+    samples = policy.generate([video] * 5, [PROMPTS[0]] * 5, keys=[f"s{k}" for k in range(5)],
+                              decoding=Decoding(max_new_tokens=12, temperature=1.0))
+    assert len({g.text for g in samples}) == 5
+    config = policy.model.generation_config
+    assert (config.top_k, config.top_p, config.repetition_penalty, config.do_sample) != (1, 0.001, 1.05, True)
+
+
+def test_an_items_sample_does_not_depend_on_its_batch(tiny_model, sampled_run):
+    videos = videos_of(sampled_run)
+    together = generate(Policy.load(ModelConfig(model=str(tiny_model()), batch_size=3)), videos, temperature=1.0)
+    alone = generate(Policy.load(ModelConfig(model=str(tiny_model()), batch_size=1)), videos, temperature=1.0)
+    assert together == alone
+
+
+def test_out_of_memory_halves_the_batch_after_freeing_the_failed_one_and_samples_the_same(
+        tiny_model, sampled_run, monkeypatch):
+    import weakref
+
     policy = Policy.load(ModelConfig(model=str(tiny_model()), batch_size=3))
     videos = videos_of(sampled_run)
-    expected = generate(policy, videos)
+    expected = generate(policy, videos, temperature=1.0)
     real = Policy._generate_batch
+    failed_batches = []
 
-    def tight_memory(self, videos, prompts, *args):
-        if len(prompts) > 1:  # pretend a GPU that only fits one prompt at a time
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return real(self, videos, prompts, *args)
+    def tight_memory(error):
+        def run_batch(self, videos, prompts, *args):
+            if len(prompts) > 1:  # a GPU that only fits one prompt at a time
+                activations = torch.ones(1024)  # what the failed attempt had on the GPU
+                failed_batches.append(weakref.ref(activations))
+                raise error("CUDA out of memory. Tried to allocate 2.00 GiB")
+            assert all(ref() is None for ref in failed_batches), "the failed batch is still in memory"
+            return real(self, videos, prompts, *args)
+        return run_batch
 
-    monkeypatch.setattr(Policy, "_generate_batch", tight_memory)
-    assert generate(policy, videos) == expected
-    assert policy.batch_size == 1
+    # torch raises OutOfMemoryError; bitsandbytes and cuBLAS raise a RuntimeError that says so.
+    for error in (torch.OutOfMemoryError, RuntimeError):
+        policy.batch_size = 3
+        monkeypatch.setattr(Policy, "_generate_batch", tight_memory(error))
+        assert generate(policy, videos, temperature=1.0) == expected
+        assert policy.batch_size == 1
+    assert len(failed_batches) == 2
 
     monkeypatch.setattr(Policy, "_generate_batch", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError()))
     with pytest.raises(SaviError, match="out of GPU memory with one prompt per batch"):
+        generate(policy, videos)
+    monkeypatch.setattr(Policy, "_generate_batch", lambda *a: (_ for _ in ()).throw(RuntimeError("shape bug")))
+    with pytest.raises(RuntimeError, match="shape bug"):  # other errors are not mistaken for out-of-memory
         generate(policy, videos)
 
 
@@ -92,11 +132,56 @@ def test_4bit_loads_and_generates_on_cpu_with_a_warning(tiny_model, sampled_run,
     import bitsandbytes as bnb
 
     with caplog.at_level(logging.WARNING, logger="savi"):
-        policy = Policy.load(ModelConfig(model=str(tiny_model()), load_in_4bit=True))
+        policy = Policy.load(ModelConfig(model=str(tiny_model()), load_in_4bit=True, device="cpu"))
     assert "4-bit without CUDA runs on bitsandbytes' CPU kernels" in caplog.text
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.model.modules())
     outputs = generate(policy, videos_of(sampled_run))
     assert all(g.num_tokens > 0 for g in outputs)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava_onevision"])
+def test_4bit_quantises_the_language_model_only(family, tiny_model):
+    import bitsandbytes as bnb
+
+    model = Policy.load(ModelConfig(model=str(tiny_model(family)), load_in_4bit=True, device="cpu")).model
+    quantised = [name for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantised and all(".language_model." in name for name in quantised)
+    vision = [m for name, m in model.named_modules()
+              if name.startswith(("model.visual", "model.vision_tower", "model.multi_modal_projector"))]
+    assert vision and not any(isinstance(m, bnb.nn.Linear4bit) for m in vision)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava_onevision"])
+def test_every_4bit_layer_fits_the_avx512_bf16_repacking_of_bitsandbytes(family, tiny_model):
+    """On CPUs with AVX-512 BF16, bitsandbytes repacks 4-bit weights for inference in blocks of 64 inputs. This
+    drives that repacking on every layer whatever this machine's CPU (a private function of the pinned version)."""
+    import copy
+
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    model = Policy.load(ModelConfig(model=str(tiny_model(family)), load_in_4bit=True, device="cpu")).model
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        packed, state = _convert_weight_packed_for_cpu(layer.weight.data.clone(),
+                                                       copy.deepcopy(layer.weight.quant_state))
+        assert packed.shape == (layer.out_features, layer.in_features // 2) and state.packing_format_for_cpu
+
+
+def test_a_reasoning_checkpoint_is_refused(tiny_model, tmp_path):
+    import json
+    import shutil
+
+    # Qwen3-VL's Thinking checkpoints open the assistant turn with <think> in their generation prompt.
+    folder = shutil.copytree(tiny_model("qwen3_vl"), tmp_path / "thinking")
+    template = json.loads((folder / "chat_template.json").read_text())
+    generation_prompt = "{{- '<|im_start|>assistant\\n' }}"
+    assert generation_prompt in template["chat_template"]
+    template["chat_template"] = template["chat_template"].replace(
+        generation_prompt, "{{- '<|im_start|>assistant\\n<think>\\n' }}")
+    (folder / "chat_template.json").write_text(json.dumps(template))
+    with pytest.raises(SaviError, match=r"reasoning \('Thinking'\) checkpoint.*Instruct variant"):
+        Policy.load(ModelConfig(model=str(folder)))
 
 
 def test_an_unknown_model_is_one_clear_error(tmp_path):

@@ -28,6 +28,9 @@ max_new_tokens = 16
 [critique]
 max_new_tokens = 16
 
+[filter]
+drop_cut_off = false  # the tiny random model rarely ends a reply within 16 tokens
+
 [clip]
 model = "local-dir:{clip}"
 

@@ -14,11 +14,17 @@ def filter(
     input: InputArg = None,
     run: StageRunOpt = None,
     round: RoundOpt = None,
+    swap: Annotated[Literal["auto", "on", "off"] | None, typer.Option(
+        show_default="auto", help="When CLIP may swap chosen and rejected: auto (judge mode only, as VideoSAVi "
+                                  "v1; a critique's revision is never overturned), on, or off.")] = None,
     swap_margin: Annotated[float | None, typer.Option(
         show_default="0.0", help="Swap when the rejected text is more grounded by more than this (CLIP score).")] =
     None,
     min_clip_margin: Annotated[float | None, typer.Option(
-        show_default="0.0", help="Drop pairs whose chosen-minus-rejected CLIP score is below this.")] = None,
+        show_default="unset", help="Drop pairs whose chosen-minus-rejected CLIP score is below this.")] = None,
+    drop_cut_off: Annotated[bool | None, typer.Option(
+        "--drop-cut-off/--keep-cut-off", show_default="--drop-cut-off",
+        help="Drop pairs where either text was cut off at the token limit.")] = None,
     near_duplicate: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, show_default="0.9", help="Drop pairs whose texts are this similar.")] = None,
     max_length_ratio: Annotated[float | None, typer.Option(
@@ -36,7 +42,8 @@ def filter(
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
 ) -> None:
-    """Keep the candidate pairs grounded in the video: critique verdicts, text rules, CLIP swap and margin.
+    """Keep the candidate pairs grounded in the video: critique verdicts, cut-off and text rules, CLIP swap and
+    margin.
 
     Every pair lands in pairs.parquet, the kept ones with their CLIP scores, the dropped ones with their reason.
     Frame embeddings are cached in the run, so later rounds reuse them. Options not given come from the run's
@@ -52,8 +59,8 @@ def filter(
 
     the_run, the_round = pipes.resolve(input, run, round, workspace)
     cfg = resolve(the_run, "filter", filter_stage.FilterConfig, dict(
-        swap_margin=swap_margin, min_clip_margin=min_clip_margin, near_duplicate=near_duplicate,
-        max_length_ratio=max_length_ratio))
+        swap=swap, swap_margin=swap_margin, min_clip_margin=min_clip_margin, near_duplicate=near_duplicate,
+        max_length_ratio=max_length_ratio, drop_cut_off=drop_cut_off))
     clip_cfg = resolve(the_run, "clip", ClipConfig, dict(
         model=clip_model, weights=clip_weights, pooling=clip_pooling, topk=clip_topk, text_pooling=text_pooling,
         device=device))

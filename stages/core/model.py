@@ -15,11 +15,12 @@ rank.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,34 @@ class Generation:
     text: str
     num_tokens: int
     finished: bool  # stopped at end-of-sequence, not at max_new_tokens
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Every decoding setting savi uses. A checkpoint ships its own defaults in generation_config.json
+    (Qwen2.5-VL-7B-Instruct's are top_k=1, top_p=0.001, temperature=0.1, repetition_penalty=1.05, which make any
+    "sampling" greedy), and generate() keeps whatever a caller leaves unset; so savi sets all of these itself and
+    drops the shipped defaults when it loads a model."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    """0 decodes greedily."""
+    top_p: float = 0.95
+    """Nucleus sampling (1: off); used only when sampling."""
+    top_k: int = 0
+    """Top-k sampling (0: off); used only when sampling."""
+    repetition_penalty: float = 1.0
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0
+
+    def record(self) -> dict[str, Any]:
+        """The effective settings, as a manifest records them."""
+        settings = asdict(self)
+        if not self.sampling:
+            del settings["top_p"], settings["top_k"]
+        return {**settings, "sampler": "seeded per item" if self.sampling else "greedy"}
 
 
 
@@ -146,44 +175,25 @@ class Policy:
 
     @classmethod
     def load(cls, cfg: ModelConfig, adapter: Path | None = None) -> Policy:
-        if cfg.model is None:
-            raise ValueError("ModelConfig.model must be resolved before loading")
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        quiet_transformers()
-        device = resolve_device(cfg.device)
-        dtype = resolve_dtype(cfg.dtype, device)
-        kwargs: dict[str, Any] = {"dtype": dtype}
-        if cfg.load_in_4bit:
-            if not device.startswith("cuda"):
-                log.warning("4-bit without CUDA runs on bitsandbytes' CPU kernels: correct, but slow")
-            kwargs["quantization_config"] = quantization_config(dtype)
-        if device.startswith("cuda"):
-            kwargs["device_map"] = {"": device}
-        try:
-            processor = AutoProcessor.from_pretrained(cfg.model)
-            model = AutoModelForImageTextToText.from_pretrained(cfg.model, **kwargs)
-        except (OSError, ValueError, KeyError) as e:
-            raise SaviError(f"cannot load model {cfg.model!r}: {_first_line(e)}. Pass a local model folder "
-                            "(`savi tiny-model DIR` makes one) or a Hub id of a video chat model") from None
+        model, processor = load_model(cfg)
         if adapter is not None:
             model = load_adapter(model, adapter)
-        if not device.startswith("cuda") and not cfg.load_in_4bit:
-            model = model.to(device)
         model.eval()
         torch.manual_seed(cfg.seed)
         return cls(model, processor, cfg, adapter)
 
     def generate(self, videos: Sequence[Video], prompts: Sequence[str], *, keys: Sequence[str],
-                 max_new_tokens: int, temperature: float, top_p: float = 0.95) -> list[Generation]:
+                 decoding: Decoding) -> list[Generation]:
         """Generate one answer per (video, prompt), `batch_size` at a time.
 
-        `keys` name the items. Each batch is seeded from the run seed and its first key, so rerunning the same
-        items gives the same samples whatever ran before them.
+        `keys` name the items. When sampling, each item draws from its own random stream, seeded from the run seed
+        and its key: an item gets the same sample whatever batch it shares, however large, and wherever it sits in
+        it (so a resumed run, a batch halved after out-of-memory, or another process draws the same).
         """
         def generate_batch(videos, prompts, keys):
-            return self._generate_batch(videos, prompts, keys, max_new_tokens, temperature, top_p)
+            return self._generate_batch(videos, prompts, keys, decoding)
 
         return self._in_batches(generate_batch, videos, prompts, keys)
 
@@ -199,30 +209,23 @@ class Policy:
         return self._in_batches(self._score_batch, videos, prompts, token_ids)
 
     def _in_batches(self, run_batch, videos, prompts, per_item) -> list[Any]:
+        """Run `run_batch` over the items, `batch_size` at a time; on GPU out-of-memory, halve the batch (and
+        every later one) and go on."""
         results: list[Any] = []
         start = 0
         while start < len(prompts):
             end = min(start + self.batch_size, len(prompts))
-            results += self._halving(run_batch, videos[start:end], prompts[start:end], per_item[start:end])
-            start = end
-        return results
-
-    def _halving(self, run_batch, videos, prompts, per_item) -> list[Any]:
-        """Run one batch; on CUDA out-of-memory, halve it (and every later batch) and go on."""
-        import torch
-
-        try:
-            return run_batch(videos, prompts, per_item)
-        except torch.OutOfMemoryError:
-            if len(prompts) == 1:
+            done = _unless_out_of_memory(run_batch, videos[start:end], prompts[start:end], per_item[start:end])
+            if done is not None:
+                results += done
+                start = end
+                continue
+            if end - start == 1:
                 raise SaviError("out of GPU memory with one prompt per batch; sample fewer or smaller frames "
-                                "(--frames, --max-side) or use --load-in-4bit") from None
-            torch.cuda.empty_cache()
-            self.batch_size = max(1, len(prompts) // 2)
-            log.warning(f"CUDA out of memory: batch size lowered to {self.batch_size}")
-            half = len(prompts) // 2
-            return (self._halving(run_batch, videos[:half], prompts[:half], per_item[:half])
-                    + self._halving(run_batch, videos[half:], prompts[half:], per_item[half:]))
+                                "(--frames, --max-side) or use --load-in-4bit")
+            self.batch_size = max(1, (end - start) // 2)
+            log.warning(f"out of GPU memory: batch size lowered to {self.batch_size}")
+        return results
 
     def _inputs(self, videos: Sequence[Video], prompts: Sequence[str]) -> Any:
         from transformers.video_utils import VideoMetadata
@@ -240,15 +243,22 @@ class Policy:
             return_tensors="pt",
         ).to(self.model.device)
 
-    def _generate_batch(self, videos, prompts, keys, max_new_tokens, temperature, top_p) -> list[Generation]:
+    def _generate_batch(self, videos, prompts, keys, decoding: Decoding) -> list[Generation]:
         import torch
+        from transformers import GenerationConfig, LogitsProcessorList
 
         inputs = self._inputs(videos, prompts)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
-            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        torch.manual_seed(batch_seed(self.cfg.seed, keys[0]))
+        # Greedy search over the sampler's perturbed scores: with no sampler it is plain greedy decoding.
+        sampler = [SeededSampler([batch_seed(self.cfg.seed, key) for key in keys], decoding, self.model.device)] \
+            if decoding.sampling else []
+        settings = GenerationConfig(
+            do_sample=False, num_beams=1, max_new_tokens=decoding.max_new_tokens,
+            repetition_penalty=decoding.repetition_penalty, bos_token_id=self.model.generation_config.bos_token_id,
+            eos_token_id=self.model.generation_config.eos_token_id,
+            pad_token_id=self.model.generation_config.pad_token_id)
         with torch.inference_mode():
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+            output = self.model.generate(**inputs, generation_config=settings,
+                                         logits_processor=LogitsProcessorList(sampler))
         new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
         stops = _stop_ids(self.model, self.processor)
         results = []
@@ -281,6 +291,121 @@ class Policy:
         return firsts
 
 
+class SeededSampler:
+    """A logits processor that turns greedy search into sampling, each row from its own random stream.
+
+    Gumbel-max: the argmax of the warped log-probabilities plus independent Gumbel noise is an exact sample from
+    the warped distribution. Drawing each row's noise from a generator seeded by that row alone makes its sample
+    independent of the batch it is in, unlike generate()'s own sampling, which draws the whole batch from one
+    stream. Temperature, top-k and top-p are transformers' own warpers, in generate()'s order.
+    """
+
+    def __init__(self, seeds: Sequence[int], decoding: Decoding, device: Any):
+        import torch
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        self.warpers = [TemperatureLogitsWarper(decoding.temperature)]
+        if decoding.top_k > 0:
+            self.warpers.append(TopKLogitsWarper(decoding.top_k))
+        if decoding.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(decoding.top_p))
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device, dtype=torch.float32)
+                               for g in self.generators])
+        return scores.float() - torch.log(-torch.log(uniform))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """GPU out-of-memory, as torch raises it, or as cuBLAS and bitsandbytes do (a RuntimeError)."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and any(
+        sign in message for sign in ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation"))
+
+
+def _unless_out_of_memory(run_batch: Callable[..., list[Any]], *args: Any) -> list[Any] | None:
+    """`run_batch(*args)`, or None when the GPU ran out of memory, with that attempt's memory released.
+
+    The retry must not happen inside the `except` block: there the exception's traceback still holds the failed
+    call's frames, and with them its inputs and activations, so a halved batch would run beside the failed one.
+    """
+    import torch
+
+    try:
+        return run_batch(*args)
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return None
+
+
+def load_model(cfg: ModelConfig, *, training: bool = False) -> tuple[Any, Any]:
+    """The model and processor of `cfg`, loaded once for inference and training alike.
+
+    In 4-bit, only the language model's linear layers are quantised (`quantization_config`). The checkpoint's shipped
+    decoding defaults are dropped (see `Decoding`). Reasoning ("Thinking") checkpoints are refused.
+    """
+    if cfg.model is None:
+        raise ValueError("ModelConfig.model must be resolved before loading")
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    quiet_transformers()
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if cfg.load_in_4bit:
+        if not device.startswith("cuda"):
+            what = "4-bit training" if training else "4-bit"
+            log.warning(f"{what} without CUDA runs on bitsandbytes' CPU kernels: correct, but slow")
+        kwargs["quantization_config"] = quantization_config(dtype)
+    if device.startswith("cuda"):
+        kwargs["device_map"] = {"": device}
+    try:
+        processor = AutoProcessor.from_pretrained(cfg.model)
+        refuse_reasoning_checkpoint(processor, cfg.model)
+        model = AutoModelForImageTextToText.from_pretrained(cfg.model, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise SaviError(f"cannot load model {cfg.model!r}: {_first_line(e)}. Pass a local model folder "
+                        "(`savi tiny-model DIR` makes one) or a Hub id of a video chat model") from None
+    if not device.startswith("cuda") and not cfg.load_in_4bit:
+        model = model.to(device)
+    drop_shipped_decoding(model)
+    return model, processor
+
+
+def drop_shipped_decoding(model: Any) -> None:
+    """Replace the checkpoint's generation_config.json by one that keeps only its special token ids."""
+    from transformers import GenerationConfig
+
+    shipped = model.generation_config
+    model.generation_config = GenerationConfig(bos_token_id=shipped.bos_token_id, eos_token_id=shipped.eos_token_id,
+                                               pad_token_id=shipped.pad_token_id)
+
+
+def refuse_reasoning_checkpoint(processor: Any, model_id: str) -> None:
+    """Reasoning checkpoints (Qwen3-VL-*-Thinking) open every reply with a hidden chain of thought (their
+    generation prompt ends in `<think>`): a short generation never reaches the answer, likelihood scoring would read
+    the token after `<think>`, and DPO would compare thoughts. savi supports the instruct variants only."""
+    prompt = processor.apply_chat_template(chat("?"), tokenize=False, add_generation_prompt=True)
+    turn = prompt[len(processor.apply_chat_template(chat("?"), tokenize=False)):]
+    if "<think>" in turn or "thinking" in Path(model_id).name.lower():
+        raise SaviError(f"{model_id} is a reasoning ('Thinking') checkpoint: its replies start with a hidden chain "
+                        "of thought, which savi's stages, scoring and DPO do not handle; use its Instruct variant "
+                        "(for example Qwen/Qwen3-VL-8B-Instruct)")
+
+
 def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -307,6 +432,16 @@ def pending_batches(items: Sequence[Any], size: int, done: Callable[[Any], bool]
 def chat(prompt: str) -> list[dict[str, Any]]:
     """One user turn: the video, then the prompt (the order VideoSAVi and the model cards use)."""
     return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+
+
+def preference_row(pair: Any) -> dict[str, Any]:
+    """A pair in trl's conversational preference form: the user turn it was sampled from (with the video), and the
+    chosen and rejected replies. Pairs from before savi recorded that turn fall back to the bare question."""
+    return {
+        "prompt": chat(pair.prompt or pair.question),
+        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": pair.chosen}]}],
+        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": pair.rejected}]}],
+    }
 
 
 def batch_seed(seed: int, key: str) -> int:
@@ -336,14 +471,19 @@ def resolve_dtype(dtype: str, device: str) -> Any:
         raise SaviError(f"unknown --dtype {dtype!r}: use auto, bfloat16, float16 or float32") from None
 
 
+# Modules kept out of 4-bit, by their full names in transformers 5: the vision tower (Qwen's `visual`, LLaVA's
+# `vision_tower`), LLaVA's projector, and the output head. transformers matches a pattern from the start of the
+# module's full name (or as its end), so a bare "visual" would match nothing under `model.visual`.
+NOT_QUANTIZED = ["model.visual", "model.vision_tower", "model.multi_modal_projector", "lm_head"]
+
+
 def quantization_config(compute_dtype: Any) -> Any:
-    """NF4 with double quantisation for the language model; the vision tower and output head stay in full
-    precision (they are small, and quantising them hurts more than it saves)."""
+    """NF4 with double quantisation for the language model; the vision tower, projector and output head stay in
+    the compute dtype (they are small, and quantising them hurts more than it saves)."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype,
-                              llm_int8_skip_modules=["visual", "vision_tower", "multi_modal_projector", "lm_head"])
+                              bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=NOT_QUANTIZED)
 
 
 def _stop_ids(model: Any, processor: Any) -> set[int]:

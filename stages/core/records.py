@@ -75,6 +75,7 @@ class Answer:
     finished: bool  # the model stopped by itself (False: cut off at --max-new-tokens)
     prompt_version: str
     model: str
+    prompt: str = ""  # the user turn it was sampled from ("" in tables written before savi recorded it)
 
 
 @dataclass(slots=True)
@@ -101,6 +102,7 @@ class Critique:
     score: float | None = None  # judge mode: mean of the criteria that parsed
     prompt_version: str = ""
     model: str = ""
+    revision_finished: bool | None = None  # the revision ended by itself (False: cut off at --max-new-tokens)
 
 
 @dataclass(slots=True)
@@ -125,6 +127,9 @@ class Candidate:
     rejected_score: float | None
     usable: bool
     note: str | None
+    prompt: str = ""  # the user turn the answers were sampled from, which DPO scores them under
+    chosen_finished: bool | None = None  # False: the text was cut off at --max-new-tokens
+    rejected_finished: bool | None = None
 
 
 @dataclass(slots=True)
@@ -144,6 +149,7 @@ class Pair:
     mode: str
     kept: bool
     drop_reason: str | None
+    prompt: str = ""  # the user turn DPO scores both texts under ("" before savi recorded it: the question)
 
 
 @dataclass(slots=True)
@@ -218,14 +224,14 @@ SAMPLES = TableSpec("samples", 1, Sample, key="video_id", order=("path", "video_
 QUESTIONS = TableSpec("questions", 1, Question, key="question_id", order=("video_id", "question_id"), made_by="ask",
                       item_column="video_id")
 
-ANSWERS = TableSpec("answers", 1, Answer, key="answer_id", order=("video_id", "question_id", "answer_id"),
+ANSWERS = TableSpec("answers", 2, Answer, key="answer_id", order=("video_id", "question_id", "answer_id"),
                     made_by="answer")
-CRITIQUES = TableSpec("critiques", 1, Critique, key="critique_id", order=("video_id", "question_id", "answer_id"),
+CRITIQUES = TableSpec("critiques", 2, Critique, key="critique_id", order=("video_id", "question_id", "answer_id"),
                       made_by="critique")
-CANDIDATES = TableSpec("candidates", 1, Candidate, key="pair_id", order=("video_id", "question_id", "pair_id"),
+CANDIDATES = TableSpec("candidates", 2, Candidate, key="pair_id", order=("video_id", "question_id", "pair_id"),
                        made_by="critique")
 
-PAIRS = TableSpec("pairs", 1, Pair, key="pair_id", order=("video_id", "question_id", "pair_id"), made_by="filter")
+PAIRS = TableSpec("pairs", 2, Pair, key="pair_id", order=("video_id", "question_id", "pair_id"), made_by="filter")
 TRAIN_LOG = TableSpec("train_log", 1, TrainStep, key="step", order=("step",), made_by="dpo")
 EVALS = TableSpec("evals", 1, EvalResult, key="question_id", order=("category", "question_id"), made_by="eval")
 
@@ -236,6 +242,20 @@ def to_arrow(spec: TableSpec, records: list[Any]) -> pa.Table:
     columns = {f.name: [getattr(r, f.name) for r in records] for f in dataclasses.fields(spec.record)}
     table = pa.Table.from_pydict(columns, schema=spec.schema)
     return table.replace_schema_metadata({SCHEMA_METADATA_KEY: spec.stamp.encode()})
+
+
+def upgrade(spec: TableSpec, table: pa.Table) -> pa.Table:
+    """A table written by an earlier schema version, with the columns added since filled with their defaults."""
+    columns = []
+    for f in dataclasses.fields(spec.record):
+        if f.name in table.column_names:
+            columns.append(table.column(f.name))
+            continue
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"column {f.name!r} is missing")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        columns.append(pa.array([default] * table.num_rows, spec.schema.field(f.name).type))
+    return pa.Table.from_arrays(columns, schema=spec.schema).replace_schema_metadata(table.schema.metadata)
 
 
 def from_arrow(spec: TableSpec, table: pa.Table) -> list[Any]:

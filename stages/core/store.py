@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from stages import __version__
 from stages.core.errors import SaviError
-from stages.core.records import SCHEMA_METADATA_KEY, TABLES, TableSpec, from_arrow, to_arrow
+from stages.core.records import SCHEMA_METADATA_KEY, TABLES, TableSpec, from_arrow, to_arrow, upgrade
 
 DEFAULT_WORKSPACE = "runs"
 ITEMS_METADATA_KEY = b"savi.empty_items"
@@ -287,9 +287,18 @@ def check_stamp(stamp: str, spec: TableSpec, where: Path) -> None:
 
 
 def read_table(path: Path, spec: TableSpec) -> pa.Table:
+    """A table file in the current schema: an earlier version gets the columns added since, with their defaults."""
     metadata = pq.read_schema(path).metadata or {}
-    check_stamp(metadata.get(SCHEMA_METADATA_KEY, b"").decode(), spec, path)
-    return pq.read_table(path)
+    stamp = metadata.get(SCHEMA_METADATA_KEY, b"").decode()
+    check_stamp(stamp, spec, path)
+    table = pq.read_table(path)
+    if stamp == spec.stamp:
+        return table
+    try:
+        return upgrade(spec, table)
+    except ValueError as e:
+        raise SaviError(f"{path} ({stamp}) cannot be read as {spec.stamp}: {e}; redo it with "
+                        f"`savi {spec.made_by} ... --force`") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -230,7 +230,9 @@ def frame_at(spec: VideoSpec, index: int) -> np.ndarray:
 def _encoder_options(codec: str) -> dict[str, str]:
     # Quality is set high so decoded frames stay close to frame_at; the clips are tiny either way.
     if codec == "libx264":
-        return {"crf": "16", "preset": "veryfast"}
+        # The same bytes on every machine: one thread, and no macroblock tree, whose rate control gave differing
+        # bytes from run to run on CPUs with AVX-512 (the synthetic clips need no rate-control finesse).
+        return {"crf": "16", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
     if codec == "libvpx-vp9":
         return {"crf": "16", "b": "0", "deadline": "realtime", "cpu-used": "8"}
     if codec == "libvpx":
@@ -309,6 +311,9 @@ def write_video(
     with av.open(str(path), "w", format=spec.container, options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(codec, rate=1 / period, options=_encoder_options(codec))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # One encoder thread: with several, libx264 and libvpx split the work by the machine's core count and
+        # load, and the bytes differ between machines (and between runs on a busy one).
+        stream.codec_context.thread_count = 1
         # A time base of one nominal period makes VFR pts exact small integers; muxers rescale as they need.
         stream.time_base = period
         stream.codec_context.time_base = period
