@@ -66,7 +66,8 @@ def test_a_round_runs_every_stage_then_reruns_as_a_no_op(sampled_run, tiny_model
     lines = result.stderr.splitlines()
     summary = lines[lines.index("round 1 done (settings: " + str(sampled_run.round_dir(1) / "config.toml") + ")"):]
     assert [line.split()[0] for line in summary[1:]] == ["ask", "answer", "critique", "filter", "dpo", "eval"]
-    assert "6 questions about 3 videos" in summary[1] and "12 answers" in summary[2]
+    questions = len(sampled_run.artifact("questions", 1).read())  # the random model's babble parses unevenly
+    assert f"{questions} questions about 3 videos" in summary[1] and f"{2 * questions} answers" in summary[2]
     assert "vs base" in summary[6]
 
     # --set wins over savi.toml, which wins over the defaults; the resolved settings are saved with the round.

@@ -27,18 +27,19 @@ SETTINGS = """\
 id = "{model}"
 batch_size = 2
 
+# Enough questions, and replies long enough, that the random model's babble leaves some pairs to train on.
 [ask]
-per_video = 2
-max_new_tokens = 4
+per_video = 4
+max_new_tokens = 16
 
 [answer]
-max_new_tokens = 4
+max_new_tokens = 16
 
 [critique]
-max_new_tokens = 4
+max_new_tokens = 16
 
 [filter]
-drop_cut_off = false  # 4 tokens always cut a reply off
+drop_cut_off = false  # the random model rarely ends a reply within 16 tokens
 
 [clip]
 model = "local-dir:{clip}"

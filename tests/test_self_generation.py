@@ -100,7 +100,9 @@ def test_redoing_answers_redoes_their_critiques_and_drops_the_stale_ones(tiny_mo
     mcfg = model_cfg(tiny_model)
     run_chain(sampled_run, mcfg)
     old = {c.critique_id for c in sampled_run.artifact("critiques", 1).read()}
-    answer.run(sampled_run, 1, answer.AnswerConfig(max_new_tokens=8), mcfg, force=True)
+    # Redone at another temperature: every answer is new (an answer that ended within 8 tokens would otherwise
+    # come out the same, since each item draws from its own seeded stream).
+    answer.run(sampled_run, 1, answer.AnswerConfig(max_new_tokens=8, temperatures=(0.5,)), mcfg, force=True)
     redone = critique.run(sampled_run, 1, critique.CritiqueConfig(**FAST), mcfg)
 
     answers = {a.answer_id: a for a in sampled_run.artifact("answers", 1).read()}
