@@ -60,6 +60,8 @@ from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, wri
 log = logging.getLogger("savi")
 
 LOSSES = ("sigmoid", "clip-weighted")
+# The frozen vision tower of each family (Qwen's includes its merger; LLaVA's projector is frozen too).
+VISION_TOWERS = ("model.visual", "model.vision_tower")
 # The language model's projections; the vision tower and the output head are left alone (trl refuses lm_head).
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -210,22 +212,19 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
 
 
 def keep_the_vision_tower_out_of_autograd(model: Any) -> None:
-    """Undo the part of trl's `enable_input_require_grads()` that reaches the frozen vision tower.
+    """Run the frozen vision tower without autograd.
 
-    With gradient checkpointing on a PEFT model, trl makes the input embeddings' outputs require grad. transformers
-    5 hooks the input embeddings of every sub-model, the vision tower's patch embedding included, so the whole
-    frozen tower entered the autograd graph of every step: its activations kept for backward (about 2.7 GB at 7B
-    and 32 frames of 448 px) and recomputed, for no gradient. Only the language model's embeddings keep the hook.
+    With gradient checkpointing on a PEFT model, trl calls `enable_input_require_grads()`, and transformers 5 hooks
+    the input embeddings of every sub-model, the vision tower's patch embedding included; Trainer.train() and every
+    reference pass of trl's DPO step call it again. Left alone, the frozen tower enters the autograd graph of every
+    step: its blocks' inputs are kept for backward (about 2.9 GB at 7B and 32 frames of 448 px) and the blocks are
+    recomputed and back-propagated through, for no gradient (LoRA is on the language model only). Under no_grad the
+    hook has nothing to attach a graph to, whoever adds it.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not getattr(base, "_require_grads_hooks", None):
-        return
-    base.disable_input_require_grads()
+    import torch
 
-    def make_inputs_require_grads(module, inputs, output):
-        output.requires_grad_(True)
-
-    base._require_grads_hooks = [base.get_input_embeddings().register_forward_hook(make_inputs_require_grads)]
+    tower = next(m for name, m in model.named_modules() if name.endswith(VISION_TOWERS))
+    tower.forward = torch.no_grad()(tower.forward)
 
 
 def train_lora_in_float32(model: Any) -> None:

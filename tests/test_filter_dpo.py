@@ -323,9 +323,9 @@ def vision_tower(model):
     return next(m for name, m in model.named_modules() if name.endswith(("model.visual", "model.vision_tower")))
 
 
-def one_step_in_the_vision_tower(trainer):
-    """Run one training step's forward and backward; return whether the vision tower's outputs were part of the
-    autograd graph, and the bytes autograd saved for backward while inside it."""
+def one_training_step_in_the_vision_tower(trainer):
+    """Train one step; return whether the vision tower's outputs were part of the autograd graph (policy and
+    reference passes alike), and the bytes autograd saved for backward while inside it."""
     tower = vision_tower(trainer.model)
     inside, outputs_need_grad, saved = [False], [], [0]
 
@@ -343,30 +343,31 @@ def one_step_in_the_vision_tower(trainer):
         return tensor
 
     hooks = [tower.register_forward_pre_hook(enter), tower.register_forward_hook(leave)]
-    trainer.model.train()
-    batch = trainer.data_collator([dict(r) for r in trainer.train_dataset])
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = trainer.compute_loss(trainer.model, batch)
-        loss.backward()
+        trainer.train()
     for hook in hooks:
         hook.remove()
     return outputs_need_grad, saved[0]
 
 
 def test_the_default_dpo_step_keeps_the_frozen_vision_tower_out_of_autograd(sampled_run, tiny_model):
-    # The default path: 4-bit base, gradient checkpointing, LoRA. trl's enable_input_require_grads() used to hook
-    # the vision tower's patch embedding too, so the frozen tower's activations were kept for backward.
+    # The default path: 4-bit base, gradient checkpointing, LoRA. trl's enable_input_require_grads(), called again
+    # by Trainer.train() and by every reference pass, hooks the vision tower's patch embedding too, which used to
+    # put the frozen tower's activations into every step's autograd graph.
     write_pairs(sampled_run, 1, n=2)
     samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
     defaults = dpo.TrainConfig()
     assert defaults.four_bit and defaults.gradient_checkpointing
     trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
-                                dpo.TrainConfig(max_steps=1, batch_size=2),
+                                dpo.TrainConfig(max_steps=1, batch_size=2, grad_accum=1),
                                 ModelConfig(model=str(tiny_model()), load_in_4bit=True, device="cpu"), None,
                                 sampled_run.path / "ckpt", None)
-    needs_grad, saved = one_step_in_the_vision_tower(trainer)
-    assert needs_grad and not any(needs_grad) and saved == 0
-    assert all(p.grad is not None for n, p in trainer.model.named_parameters() if p.requires_grad)
+    lora_before, _ = lora_and_base(trainer.model)
+    needs_grad, saved = one_training_step_in_the_vision_tower(trainer)
+    assert len(needs_grad) >= 2 and not any(needs_grad)  # the policy's pass and the reference's
+    assert saved == 0
+    lora_after, _ = lora_and_base(trainer.model)
+    assert any(not torch.equal(lora_before[n], lora_after[n]) for n in lora_before)
 
 
 def test_lora_weights_train_in_float32_on_a_4bit_base(sampled_run, tiny_model):
