@@ -67,7 +67,7 @@ The model
 ---------
 The published Qwen2.5-VL-7B-Instruct config with random bf16 weights (``benchmarks/qwen_7b.py``; 8,292,166,656
 parameters, checked on the meta device): memory and time do not depend on the values. The tokenizer, chat template,
-processor and generation config are those of ``stages.core.tiny_model`` (a byte-level BPE of 384 tokens, whose
+processor and generation config are those of ``stages.offline.tiny_model`` (a byte-level BPE of 384 tokens, whose
 special-token ids go into the config); the embedding and output head keep the real 152,064 rows. The processor has
 the published per-frame pixel budget, so 448x448 frames reach the model unresized: 4,096 video tokens per prompt.
 

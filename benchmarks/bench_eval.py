@@ -15,8 +15,8 @@ What it measures
 ----------------
 ``stages.eval.run``, the function behind ``savi eval``, called as the CLI calls it (inside the run's lock) with
 ``force=True``, so that every call evaluates every question again. A benchmark fixture is written in its real
-layout by ``stages.core.synthetic_benchmarks.write_benchmark`` (``--questions`` per split; EgoSchema's default
-subset split holds two thirds of them), and a tiny random model by ``stages.core.tiny_model.build_tiny_model``
+layout by ``stages.offline.benchmark_files.write_benchmark`` (``--questions`` per split; EgoSchema's default
+subset split holds two thirds of them), and a tiny random model by ``stages.offline.tiny_model.build_tiny_model``
 (``--family``; it has no size presets). Neither is timed. Each timed call covers everything the stage does:
 loading the model from its folder, decoding the frames, the model work, writing the table and summary.
 
@@ -70,7 +70,7 @@ from stages import eval as eval_stage
 from stages.benchmarks import BENCHMARKS
 from stages.core.model import Generation, ModelConfig, Policy, resolve_device
 from stages.core.store import open_run
-from stages.core.tiny_model import DEFAULT_FAMILY, FAMILIES, build_tiny_model
+from stages.offline.tiny_model import DEFAULT_FAMILY, FAMILIES, build_tiny_model
 
 MODES = ("likelihood", "generate")
 # What the GPU machine lacks; a dry run fails if any of them was imported on this path.
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         model_name = f"Qwen2.5-VL-7B shape ({folder.name}), random weights"
     else:
         # Imported here: it writes videos with PyAV, which the GPU machine does not have.
-        from stages.core.synthetic_benchmarks import write_benchmark
+        from stages.offline.benchmark_files import write_benchmark
 
         data = write_benchmark(args.benchmark, scratch / "data", questions=args.questions)
         folder = build_tiny_model(scratch / "model", args.family)

@@ -52,10 +52,11 @@ from pathlib import Path
 import numpy as np
 from machine import cpu_model
 
-from stages.core import synthetic
-from stages.core.clip import ClipConfig, ClipScorer, build_tiny_clip
+from stages.core.clip import ClipConfig, ClipScorer
 from stages.core.store import Run, code_version, open_run
 from stages.core.video import load_frames
+from stages.offline import videos as synthetic
+from stages.offline.tiny_clip import build_tiny_clip
 
 VIDEO_SIZE = (640, 360)
 VIDEO_FRAMES = 48

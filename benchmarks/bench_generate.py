@@ -39,7 +39,7 @@ does not suppress; the counts come from ``Generation.num_tokens`` either way.
 
 Presets
 -------
-* ``small`` (default): the tokenizer and processor of ``stages.core.tiny_model`` (a byte-level BPE of 384 tokens),
+* ``small`` (default): the tokenizer and processor of ``stages.offline.tiny_model`` (a byte-level BPE of 384 tokens),
   with a bigger Qwen2.5-VL built from the published config: text hidden 512, 8 layers, 8 heads, 4 KV heads,
   intermediate 1536; vision depth 4, hidden 256 (all flags); the tiny vocabulary. About 32 M parameters. The
   processor keeps the published per-frame pixel budget, so ``--size`` frames reach the model at that size

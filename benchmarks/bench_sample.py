@@ -48,8 +48,8 @@ import av
 from machine import cpu_model
 from PIL import Image
 
-from stages.core import synthetic
 from stages.core.store import code_version
+from stages.offline import videos as synthetic
 
 # The output both methods must produce. These mirror savi's defaults (--frames 32, --max-side 448, JPEG quality 90)
 # and are written out here rather than imported, because the benchmark treats savi as a black box run by its CLI.

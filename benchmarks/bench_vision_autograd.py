@@ -19,7 +19,7 @@ costs, and whether savi's step is free of it.
 
 What it runs
 ------------
-savi's tiny Qwen2.5-VL (``stages.core.tiny_model.build_tiny_model``: the published configuration, text width 128,
+savi's tiny Qwen2.5-VL (``stages.offline.tiny_model.build_tiny_model``: the published configuration, text width 128,
 vision width 64, 2 blocks of each) in a scratch run holding one video of ``--frames`` frames at ``--size`` px in
 the run's frame store and one kept preference pair. ``stages.dpo.build_trainer`` builds the trainer as ``savi dpo``
 does by default (4-bit NF4 base, on bitsandbytes' CPU kernels here; LoRA on the language model; gradient
@@ -107,7 +107,7 @@ def prepare(directory: Path, frames: int, size: int, answer_tokens: int) -> tupl
 
     from stages.core.records import Pair
     from stages.core.store import ArtifactWriter, open_run
-    from stages.core.tiny_model import build_tiny_model
+    from stages.offline.tiny_model import build_tiny_model
 
     shutil.rmtree(directory, ignore_errors=True)
     model = build_tiny_model(directory / "model", "qwen2_5_vl")

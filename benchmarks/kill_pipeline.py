@@ -56,10 +56,10 @@ def stage_lines(rounds: tuple[int, ...] = (1, 2)) -> list[str]:
 
 def build_inputs(folder: Path) -> None:
     """The demo's inputs, made by the demo itself: run it once with nothing to do after building them."""
-    from stages.core import synthetic
-    from stages.core.clip import build_tiny_clip
-    from stages.core.synthetic_benchmarks import write_egoschema_demo
-    from stages.core.tiny_model import build_tiny_model
+    from stages.offline import videos as synthetic
+    from stages.offline.benchmark_files import write_egoschema_demo
+    from stages.offline.tiny_clip import build_tiny_clip
+    from stages.offline.tiny_model import build_tiny_model
 
     synthetic.write_example_set(folder / "videos")
     write_egoschema_demo(folder / "benchmark", questions=20)

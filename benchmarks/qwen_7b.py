@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.core.tiny_model import CHECKPOINTS, build_tiny_model
+from stages.offline.tiny_model import CHECKPOINTS, build_tiny_model
 
 PUBLISHED = CHECKPOINTS / "qwen2_5_vl" / "config.json"
 # The size of the published checkpoint (its safetensors index); the published config must build exactly this many.

@@ -43,6 +43,9 @@ app = typer.Typer(
 def main() -> None:
     # Stages log warnings (4-bit on CPU, batch size lowered); show them as plain lines on stderr.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="warning: %(message)s")
+    # On AVX-512 BF16 CPUs bitsandbytes asks for an optional kernel package from the model hub; its own slower
+    # path is correct, and 4-bit on a CPU is for tests and the demo anyway.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # Deprecation notices from inside transformers/peft are for their developers; a savi user cannot act on them.
     warnings.filterwarnings("ignore", category=FutureWarning)
 

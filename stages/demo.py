@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages import pipeline, sample
-from stages.core import synthetic
+from stages import round as round_stage
+from stages import sample
 from stages.core.config import CONFIG_NAME, resolve
 from stages.core.store import open_run
-from stages.core.synthetic_benchmarks import write_egoschema_demo
+from stages.offline import videos as synthetic
+from stages.offline.benchmark_files import write_egoschema_demo
 
 RUN_NAME = "demo"
 ROUNDS = (1, 2)
@@ -75,11 +76,11 @@ class DemoResult:
     model: Path
     workspace: Path
     samples: sample.SampleResult
-    rounds: dict[int, pipeline.RoundSummary]
+    rounds: dict[int, round_stage.RoundSummary]
 
 
 def run(folder: Path, *, say: Callable[[str], None] = lambda _: None,
-        progress: pipeline.Progress | None = None) -> DemoResult:
+        progress: round_stage.Progress | None = None) -> DemoResult:
     videos, model, clip, workspace = folder / "videos", folder / "model", folder / "clip", folder / "runs"
     benchmark = folder / "benchmark" / "egoschema"
     if not videos.is_dir():
@@ -90,12 +91,12 @@ def run(folder: Path, *, say: Callable[[str], None] = lambda _: None,
         write_egoschema_demo(benchmark.parent, questions=20)
     if not (model / "config.json").is_file():
         say(f"building a tiny random model in {model}")
-        from stages.core.tiny_model import build_tiny_model
+        from stages.offline.tiny_model import build_tiny_model
 
         build_tiny_model(model)
     if not (clip / "open_clip_config.json").is_file():
         say(f"building a tiny random CLIP in {clip}")
-        from stages.core.clip import build_tiny_clip
+        from stages.offline.tiny_clip import build_tiny_clip
 
         build_tiny_clip(clip)
 
@@ -105,12 +106,12 @@ def run(folder: Path, *, say: Callable[[str], None] = lambda _: None,
         settings.parent.mkdir(parents=True, exist_ok=True)
         settings.write_text(SETTINGS.format(model=model.resolve(), clip=clip.resolve(),
                                             benchmark=benchmark.resolve()))
-    rounds: dict[int, pipeline.RoundSummary] = {}
+    rounds: dict[int, round_stage.RoundSummary] = {}
     with demo_run.lock():
         say(f"sampling {videos}")
         sampled = sample.run(demo_run, [videos], resolve(demo_run, "sample", sample.SampleConfig),
                              progress=progress("sample", "video") if progress else None)
         for r in ROUNDS:
-            rounds[r] = pipeline.run_round(demo_run, r, pipeline.resolve_round(demo_run), say=say,
+            rounds[r] = round_stage.run_round(demo_run, r, round_stage.resolve_round(demo_run), say=say,
                                            progress=progress)
     return DemoResult(folder, model, workspace, sampled, rounds)

@@ -20,7 +20,7 @@ def workspace(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """`tiny_model(family)`: the folder of a tiny random model of that family, built once per test session."""
-    from stages.core.tiny_model import build_tiny_model
+    from stages.offline.tiny_model import build_tiny_model
 
     built: dict[str, Path] = {}
 
@@ -35,7 +35,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def clip_folder(tmp_path_factory) -> Path:
     """Three small clean clips with different shapes and motions."""
-    from stages.core import synthetic
+    from stages.offline import videos as synthetic
 
     folder = tmp_path_factory.mktemp("clips")
     shapes = [("square", "red", "left_to_right"), ("circle", "blue", "top_to_bottom"),

@@ -22,9 +22,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from savi_cli.main import app
-from stages.core import store, synthetic
+from stages.core import store
 from stages.core.store import open_run
-from stages.core.synthetic_benchmarks import write_benchmark
+from stages.offline import videos as synthetic
+from stages.offline.benchmark_files import write_benchmark
 
 SAVI = [sys.executable, "-c", "from savi_cli.main import app; app()"]
 

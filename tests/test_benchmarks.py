@@ -15,8 +15,8 @@ from PIL import Image
 
 from stages.benchmarks import BENCHMARKS, MVBENCH_TASKS, read_benchmark, submission
 from stages.core.errors import SaviError
-from stages.core.synthetic import nearest_color
-from stages.core.synthetic_benchmarks import LAYOUTS, write_benchmark, write_egoschema_demo
+from stages.offline.benchmark_files import LAYOUTS, write_benchmark, write_egoschema_demo
+from stages.offline.videos import nearest_color
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = SHARED / "benchmarks"

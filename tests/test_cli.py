@@ -104,7 +104,7 @@ def test_an_unexpected_error_is_one_line_naming_a_log_with_the_traceback(monkeyp
     def broken(*args, **kwargs):  # stands for a bug deep in a library, like bitsandbytes' shape error
         raise RuntimeError("shape '[96, 0]' is invalid for input of size 48\nsecond line of the message")
 
-    monkeypatch.setattr("stages.core.store.describe_runs", broken)
+    monkeypatch.setattr("stages.status.describe_runs", broken)
     result = CliRunner().invoke(app, ["status"])
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1

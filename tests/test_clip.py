@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.core import clip as clip_mod
-from stages.core.clip import ClipConfig, ClipScorer, build_tiny_clip, pooled_score, split_sentences
+from stages.core import clip_weights
+from stages.core.clip import ClipConfig, ClipScorer, pooled_score, split_sentences
 from stages.core.errors import SaviError
+from stages.offline.tiny_clip import build_tiny_clip
 
 SENTENCES = [
     "A red square enters the frame from the left side and moves steadily toward the centre of the picture.",
@@ -353,7 +354,7 @@ def test_pretrained_tag_without_network_fails_fast_even_if_not_declared_offline(
         probed.append(address)
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(clip_mod.socket, "create_connection", no_network)
+    monkeypatch.setattr(clip_weights.socket, "create_connection", no_network)
     start = time.monotonic()
     with pytest.raises(SaviError, match="cannot be downloaded here"):
         ClipScorer.load(ClipConfig(model="ViT-B-32", weights="laion2b_s34b_b79k"))
@@ -365,19 +366,19 @@ def test_a_cached_pretrained_tag_is_found_without_network(empty_caches):
     from open_clip import pretrained as oc_pretrained
 
     tag_cfg = oc_pretrained.get_pretrained_cfg("ViT-B-32", "openai")
-    assert clip_mod._cached_tag_file(tag_cfg) is None
+    assert clip_weights._cached_tag_file(tag_cfg) is None
     repo = empty_caches / "hf-cache" / "models--timm--vit_base_patch32_clip_224.openai"
     (repo / "snapshots" / "abc").mkdir(parents=True)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc")
     weights = repo / "snapshots" / "abc" / "open_clip_model.safetensors"
     weights.write_bytes(b"x")
-    assert clip_mod._cached_tag_file(tag_cfg) == str(weights)
+    assert clip_weights._cached_tag_file(tag_cfg) == str(weights)
     weights.unlink()
     legacy = empty_caches / "home" / ".cache" / "clip" / "ViT-B-32.pt"  # open_clip's URL download cache
     legacy.parent.mkdir(parents=True)
     legacy.write_bytes(b"x")
-    assert clip_mod._cached_tag_file(tag_cfg) == str(legacy)
+    assert clip_weights._cached_tag_file(tag_cfg) == str(legacy)
 
 
 def test_missing_local_weights_file(tmp_path):

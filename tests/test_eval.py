@@ -10,14 +10,14 @@ from typer.testing import CliRunner
 
 from savi_cli.main import app
 from stages import eval as eval_stage
-from stages.core import synthetic
 from stages.core.errors import SaviError
 from stages.core.model import ModelConfig
 from stages.core.parsing import parse_choice
 from stages.core.query import run_query
 from stages.core.store import open_run
-from stages.core.synthetic_benchmarks import LAYOUTS, write_benchmark
 from stages.core.video import read_frame_folder, read_video
+from stages.offline import videos as synthetic
+from stages.offline.benchmark_files import LAYOUTS, write_benchmark
 
 pytestmark = pytest.mark.slow
 

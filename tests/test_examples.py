@@ -110,7 +110,7 @@ def test_round_gpu_script_uses_real_commands_and_flags():
 
     from savi_cli.main import app
     from stages.benchmarks import BENCHMARKS
-    from stages.pipeline import SECTIONS, parse_override
+    from stages.round import SECTIONS, parse_override
 
     calls = _savi_calls(SCRIPT.read_text())
     commands = [call[0] for call in calls if call]
@@ -156,7 +156,7 @@ def test_round_gpu_script_writes_known_settings(tmp_path):
     from stages.core.config import resolve
     from stages.core.model import ModelConfig
     from stages.core.store import open_run
-    from stages.pipeline import SECTIONS, resolve_round
+    from stages.round import SECTIONS, resolve_round
     from stages.sample import SampleConfig
 
     text = _settings_text(SCRIPT.read_text())

@@ -16,12 +16,13 @@ from typer.testing import CliRunner
 from savi_cli.main import app
 from stages import dpo
 from stages import filter as filter_stage
-from stages.core.clip import ClipConfig, build_tiny_clip
+from stages.core.clip import ClipConfig
 from stages.core.errors import SaviError
 from stages.core.model import ModelConfig
 from stages.core.records import Candidate, Pair
 from stages.core.store import ArtifactWriter
 from stages.export import export_pairs
+from stages.offline.tiny_clip import build_tiny_clip
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ import pytest
 from typer.testing import CliRunner
 
 from savi_cli.main import app
-from stages import pipeline
+from stages import round as round_stage
 from stages.core.errors import SaviError
 from stages.core.model import Policy
-from stages.core.synthetic_benchmarks import write_benchmark
+from stages.offline.benchmark_files import write_benchmark
 
 runner = CliRunner()
 
@@ -48,7 +48,7 @@ frames = 4
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from stages.core.clip import build_tiny_clip
+    from stages.offline.tiny_clip import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("clip"))
 
@@ -102,7 +102,7 @@ def test_a_round_runs_every_stage_then_reruns_as_a_no_op(sampled_run, tiny_model
 def test_settings_come_from_savi_toml_then_overrides(sampled_run, tmp_path):
     (sampled_run.path / "savi.toml").write_text('[ask]\nper_video = 3\n[benchmarks]\n'
                                                 f'nextqa = {{ data = "{tmp_path}", split = "test" }}\n')
-    cfg = pipeline.resolve_round(sampled_run, {"ask": {"temperature": 0.0}})
+    cfg = round_stage.resolve_round(sampled_run, {"ask": {"temperature": 0.0}})
     assert (cfg.ask.per_video, cfg.ask.temperature, cfg.ask.max_new_tokens) == (3, 0.0, 256)
     assert [(b.name, b.data, b.split) for b in cfg.benchmarks] == [("nextqa", tmp_path, "test")]
 
@@ -112,22 +112,22 @@ def test_settings_come_from_savi_toml_then_overrides(sampled_run, tmp_path):
                                            ("ask.kinds=['what','why']", ("ask", "kinds", ["what", "why"])),
                                            ("dpo.four_bit=false", ("dpo", "four_bit", False))])
 def test_set_reads_values_as_toml(text, expected):
-    assert pipeline.parse_override(text) == expected
+    assert round_stage.parse_override(text) == expected
 
 
 def test_bad_settings_are_one_line_errors(sampled_run):
     with pytest.raises(SaviError, match="expected SECTION.KEY=VALUE"):
-        pipeline.parse_override("beta=0.2")
+        round_stage.parse_override("beta=0.2")
     with pytest.raises(SaviError, match="unknown section dop"):
-        pipeline.resolve_round(sampled_run, {"dop": {"beta": 0.2}})
+        round_stage.resolve_round(sampled_run, {"dop": {"beta": 0.2}})
     with pytest.raises(SaviError, match=r"unknown setting bta in \[dpo\]"):
-        pipeline.resolve_round(sampled_run, {"dpo": {"bta": 0.2}})
+        round_stage.resolve_round(sampled_run, {"dpo": {"bta": 0.2}})
     (sampled_run.path / "savi.toml").write_text("[dop]\nbeta = 0.2\n")
     with pytest.raises(SaviError, match=r"unknown section \[dop\] in .*savi.toml"):
-        pipeline.resolve_round(sampled_run)
+        round_stage.resolve_round(sampled_run)
     (sampled_run.path / "savi.toml").write_text("[benchmarks]\negoschema = { split = 'full' }\n")
     with pytest.raises(SaviError, match=r"\[benchmarks\] egoschema .* must be a path"):
-        pipeline.resolve_round(sampled_run)
+        round_stage.resolve_round(sampled_run)
 
 
 def test_a_round_whose_previous_round_is_not_trained_stops_before_any_work(sampled_run):

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from savi_cli.main import app
 from stages import dpo, sample
-from stages.core import synthetic
 from stages.core.model import Policy
 from stages.core.store import open_run
-from stages.core.synthetic_benchmarks import write_benchmark
+from stages.offline import videos as synthetic
+from stages.offline.benchmark_files import write_benchmark
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def video_tokens_per_row(input_ids, attention_mask, video_token_id):
 
 
 def test_a_round_at_32_frames_of_448_px_keeps_every_video_token(tiny_model, tmp_path, workspace, monkeypatch):
-    from stages.core.clip import build_tiny_clip
+    from stages.offline.tiny_clip import build_tiny_clip
 
     videos = tmp_path / "videos"
     synthetic.write_video(videos / "square.mp4", num_frames=40, fps=8, size=(448, 448))

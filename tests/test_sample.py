@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from savi_cli.main import app
 from stages import sample as sample_stage
-from stages.core import synthetic
 from stages.core.errors import SaviError
 from stages.core.store import open_run
 from stages.core.video import load_frames, read_video
+from stages.offline import videos as synthetic
 
 CFG = sample_stage.SampleConfig(frames=8, max_side=448, workers=2)
 

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from stages.core.synthetic import (
+from stages.offline.videos import (
     COLORS,
     Shape,
     VideoSpec,
@@ -338,5 +338,5 @@ def test_truncate_write_corrupt_write_empty(tmp_path: Path) -> None:
 
 
 def test_importing_does_not_pull_in_torch() -> None:
-    code = "import sys, stages.core.synthetic; assert 'torch' not in sys.modules"
+    code = "import sys, stages.offline.videos; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.video_utils import VideoMetadata
 
-from stages.core.tiny_model import DEFAULT_FAMILY, FAMILIES, build_tiny_model
+from stages.offline.tiny_model import DEFAULT_FAMILY, FAMILIES, build_tiny_model
 
 NUM_FRAMES = 8
 FPS = 2.0
@@ -128,7 +128,7 @@ def test_importing_the_builder_does_not_import_torch():
     code = "\n".join(
         [
             "import sys",
-            "import stages.core.tiny_model",
+            "import stages.offline.tiny_model",
             "print([name for name in ('torch', 'transformers', 'tokenizers') if name in sys.modules])",
         ]
     )

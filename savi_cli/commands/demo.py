@@ -24,8 +24,8 @@ def demo(
         savi demo --dir /tmp/savi-demo
     """
     from stages import demo as demo_stage
-    from stages import pipeline
     from stages import report as report_stage
+    from stages import round as round_stage
     from stages.core.query import run_query
     from stages.core.store import open_run
 
@@ -40,7 +40,7 @@ def demo(
     typer.echo(f"\nSampled videos ({result.samples.path}):\n")
     typer.echo(format_table(columns, rows))
     for summary in result.rounds.values():
-        typer.echo("\n".join(pipeline.describe(summary)) + "\n")
+        typer.echo("\n".join(round_stage.describe(summary)) + "\n")
     columns, rows = run_query("select p.round, q.kind, q.text as question, p.chosen, p.chosen_clip, "
                               "p.rejected_clip from pairs p join questions q using (question_id, run, round) "
                               "where p.kept order by p.round, p.pair_id limit 3", workspace)

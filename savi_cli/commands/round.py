@@ -52,7 +52,7 @@ def round_command(
 
         savi round 2 --run kitchen --eval egoschema=~/data/egoschema --set dpo.beta=0.2
     """
-    from stages import pipeline
+    from stages import round as round_stage
     from stages.core.errors import SaviError
     from stages.core.store import existing_run
     from stages.eval import BenchmarkSource
@@ -60,7 +60,7 @@ def round_command(
     the_run = existing_run(run, workspace)
     overrides: dict = {}
     for text in settings or []:
-        section, key, value = pipeline.parse_override(text)
+        section, key, value = round_stage.parse_override(text)
         overrides.setdefault(section, {})[key] = value
     overrides.setdefault("model", {}).update(model=model, load_in_4bit=load_in_4bit, batch_size=batch_size,
                                              seed=seed, device=device, dtype=dtype)
@@ -70,11 +70,11 @@ def round_command(
         if not sep or not name or not path:
             raise SaviError(f"--eval {text!r}: expected NAME=PATH, e.g. egoschema=~/data/egoschema")
         sources.append(BenchmarkSource(name.strip(), Path(path.strip()).expanduser()))
-    cfg = pipeline.resolve_round(the_run, overrides, sources)
+    cfg = round_stage.resolve_round(the_run, overrides, sources)
     say = lambda text: typer.echo(text, err=True)  # noqa: E731
     with the_run.lock():
-        summary = pipeline.run_round(the_run, round, cfg, redo=redo, say=say,
+        summary = round_stage.run_round(the_run, round, cfg, redo=redo, say=say,
                                      progress=lambda stage, unit: lambda total: progress_bar(total, stage, unit))
-    for line in pipeline.describe(summary):
+    for line in round_stage.describe(summary):
         typer.echo(line, err=True)
     typer.echo(str(summary.stages["dpo"].path))

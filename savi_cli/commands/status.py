@@ -18,7 +18,8 @@ def status(
 
         savi status --run kitchen
     """
-    from stages.core.store import describe_runs, workspace_root
+    from stages.core.store import workspace_root
+    from stages.status import describe_runs
 
     runs = describe_runs(workspace, run)
     if not runs:

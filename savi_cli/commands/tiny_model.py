@@ -22,7 +22,7 @@ def tiny_model(
         savi tiny-model models/tiny --family qwen2_5_vl
     """
     from stages.core.errors import SaviError
-    from stages.core.tiny_model import FAMILIES, build_tiny_model
+    from stages.offline.tiny_model import FAMILIES, build_tiny_model
 
     if family not in FAMILIES:
         raise SaviError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
@@ -43,6 +43,6 @@ def tiny_clip(
 
         savi tiny-clip models/tiny-clip
     """
-    from stages.core.clip import build_tiny_clip
+    from stages.offline.tiny_clip import build_tiny_clip
 
     typer.echo(str(build_tiny_clip(out_dir, seed=seed)))

@@ -113,6 +113,18 @@ def workspace_root(workspace: str | Path | None = None) -> Path:
     return Path(workspace or os.environ.get("SAVI_HOME") or DEFAULT_WORKSPACE)
 
 
+ROUND_PREFIX = "round="  # a run's per-round folders: round=<r>, hive-style, so DuckDB reads a typed `round` column
+
+
+def round_of(path: Path) -> int | None:
+    """The round a path inside a run belongs to (the `round=<r>` folder above it), or None."""
+    for folder in path.parents:
+        if folder.name.startswith(ROUND_PREFIX):
+            with contextlib.suppress(ValueError):
+                return int(folder.name.removeprefix(ROUND_PREFIX))
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     path: Path
@@ -126,7 +138,7 @@ class Run:
         return self.path / "frames"
 
     def round_dir(self, round: int) -> Path:
-        return self.path / f"round={round}"
+        return self.path / f"{ROUND_PREFIX}{round}"
 
     def artifact(self, table: str, round: int | None = None) -> Artifact:
         folder = self.path if round is None else self.round_dir(round)
@@ -162,11 +174,7 @@ class Run:
         return art
 
     def rounds(self) -> list[int]:
-        found = []
-        for d in self.path.glob("round=*"):
-            with contextlib.suppress(ValueError):
-                found.append(int(d.name.split("=", 1)[1]))
-        return sorted(found)
+        return sorted(r for d in self.path.glob(f"{ROUND_PREFIX}*") if (r := round_of(d / "x")) is not None)
 
     def is_locked(self) -> bool:
         """Whether a savi command is writing to this run right now."""
@@ -528,47 +536,5 @@ def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(changed) or "parameters differ"
 
 
-def _round_of(art: Artifact) -> int | None:
-    for folder in art.path.parents:
-        if folder.name.startswith("round="):
-            return int(folder.name.split("=", 1)[1])
-    return None
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Status
-
-
-def describe_runs(workspace: str | Path | None = None, run: str | None = None) -> list[dict[str, Any]]:
-    """What each run holds: per table its state (done, running, interrupted), rows and counts; top errors."""
-    runs = [existing_run(run, workspace)] if run else list_runs(workspace)
-    described = []
-    for r in runs:
-        busy = r.is_locked()
-        tables = []
-        arts = [a for name in TABLES for a in r.artifacts(name)]
-        for art in sorted(arts, key=lambda a: (_round_of(a) or 0, a.spec.name == "evals")):
-            round, name = _round_of(art), art.name if art.spec.name != "evals" else f"eval/{art.name}"
-            if art.complete and not art.in_progress:
-                manifest = art.manifest() or {}
-                counts = ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items())
-                tables.append({"round": round, "table": name, "state": "done", "rows": manifest.get("rows"),
-                               "detail": counts})
-            elif art.in_progress or art.path.is_file():
-                rows = sum(pq.ParquetFile(p).metadata.num_rows for p in art.parts_dir.glob("part-*.parquet.part"))
-                if art.path.is_file():
-                    rows += pq.ParquetFile(art.path).metadata.num_rows
-                state, detail = ("running", "") if busy else ("interrupted", "rerun the same command to resume")
-                tables.append({"round": round, "table": name, "state": state, "rows": rows, "detail": detail})
-        top_errors: list[tuple[str, int]] = []
-        samples = r.artifact("samples")
-        if samples.complete:
-            errors = [e for e in samples.read_table().column("error").to_pylist() if e]
-            top_errors = sorted(((e, errors.count(e)) for e in set(errors)), key=lambda x: (-x[1], x[0]))[:5]
-        described.append({"run": r.name, "path": str(r.path), "busy": busy, "tables": tables,
-                          "top_errors": top_errors})
-    return described

@@ -3,7 +3,7 @@
 `write_benchmark("nextqa", root)` writes a handful of questions in the files and folders the real NExT-QA
 download has (val.csv, test.csv, map_vid_vidorID.json, NExTVideo/...), so `stages.benchmarks.read_benchmark`
 is tested on the same paths and quirks as the real thing, without a download. The videos are clips of one
-moving shape (`stages.core.synthetic`), and wherever the format allows, the questions ask what the clip really
+moving shape (`stages.offline.videos`), and wherever the format allows, the questions ask what the clip really
 shows (the shape's colour, kind or direction) with the true answer marked correct, so an honest model could
 answer them.
 
@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from stages.core import synthetic
+from stages.benchmarks.mvbench import MVBENCH_FRAME_FPS
+from stages.offline import videos as synthetic
 
 LAYOUTS: dict[str, tuple[str, ...]] = {
     "egoschema": ("github", "hf"),
@@ -45,7 +46,6 @@ NUM_FRAMES = 12
 FPS = 6.0
 SIZE = (64, 48)
 SHAPE_SIZE = 12
-MVBENCH_FRAME_FPS = 3.0
 
 _DIRECTION_TEXT = {
     "left_to_right": "from left to right",
