@@ -372,7 +372,7 @@ def train_mode(mode: str, vision: str, folder: Path, workspace: Path, steps: int
     run = open_run("bench", workspace)
     samples = {s.video_id: s for s in run.artifact("samples").read()}
     pairs = [p for p in run.artifact("pairs", 1).read() if p.kept]
-    model_cfg = ModelConfig(model=str(folder), device="cuda" if on_gpu else "cpu", **MODES[mode])
+    model_cfg = ModelConfig(id=str(folder), device="cuda" if on_gpu else "cpu", **MODES[mode])
     cfg = dpo.TrainConfig(batch_size=1, grad_accum=1, max_steps=steps, gradient_checkpointing=True,
                           four_bit=model_cfg.load_in_4bit)
     # A real train_log writer, as `savi dpo` passes one (its callback runs every step); force: each mode rewrites it.

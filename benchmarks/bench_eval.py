@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         model_name = f"{args.family} tiny random model"
     shutil.rmtree(scratch / "runs", ignore_errors=True)
     run = open_run("bench", scratch / "runs")
-    model_cfg = ModelConfig(model=str(folder), batch_size=args.batch_size, device=device)
+    model_cfg = ModelConfig(id=str(folder), batch_size=args.batch_size, device=device)
 
     def evaluate(mode: str, limit: int | None = None) -> tuple[float, eval_stage.EvalOutcome]:
         cfg = eval_stage.EvalConfig(mode=mode, frames=args.frames, max_side=args.size if real else 448, limit=limit,
@@ -185,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         load = Policy.load.__func__
         loaded: dict[Any, Policy] = {}
 
-        def load_once(cls: type[Policy], cfg: ModelConfig, adapter: Path | None = None) -> Policy:
+        def load_once(cls: type[Policy], cfg: ModelConfig, adapter: Path | None = None, **kwargs: Any) -> Policy:
             if (cfg, adapter) not in loaded:
                 start = time.perf_counter()
-                loaded[cfg, adapter] = load(cls, cfg, adapter)
+                loaded[cfg, adapter] = load(cls, cfg, adapter, **kwargs)
                 loads.append(time.perf_counter() - start)
             policy = loaded[cfg, adapter]
             policy.batch_size = cfg.batch_size  # as a fresh load would have it

@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     folder, params = model_folder(preset, args.cache)
     build_s = time.perf_counter() - started
     started = time.perf_counter()
-    policy = Policy.load(ModelConfig(model=str(folder), dtype=preset.dtype, device=preset.device))
+    policy = Policy.load(ModelConfig(id=str(folder), dtype=preset.dtype, device=preset.device))
     load_s = time.perf_counter() - started
     device = str(policy.model.device)
     dtype = str(policy.model.dtype).removeprefix("torch.")

@@ -218,7 +218,7 @@ def measure(variant: str, model: Path, run_path: Path) -> dict[str, Any]:
     samples = {s.video_id: s for s in run.artifact("samples").read()}
     pairs = run.artifact("pairs", 1).read()
     cfg = dpo.TrainConfig(max_steps=1, grad_accum=1, batch_size=1)  # savi's defaults: 4-bit, checkpointing on
-    model_cfg = ModelConfig(model=str(model), device="cpu", load_in_4bit=cfg.four_bit)
+    model_cfg = ModelConfig(id=str(model), device="cpu", load_in_4bit=cfg.four_bit)
     trainer = dpo.build_trainer(run, samples, pairs, cfg, model_cfg, None, run.path / f"ckpt-{variant}", None)
     base = trainer.model.get_base_model()
     name, tower = next((n, m) for n, m in trainer.model.named_modules() if n.endswith("model.visual"))

@@ -59,11 +59,12 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _unexpected(error: Exception, workspace: Any) -> None:
     """A bug (savi's or a library's): one line that names the error and a log file with the whole traceback."""
+    from stages.core.errors import first_line
+
     log = _write_traceback(workspace)
     where = f"the traceback is in {log}" if log else "the traceback could not be saved"
-    first = (str(error).strip().splitlines() or [""])[0][:300]
-    typer.echo(f"Error: unexpected {type(error).__name__}: {_printable(first)} (a bug in savi or a library it "
-               f"uses); {where}, please include it when you report the problem", err=True)
+    typer.echo(f"Error: unexpected {type(error).__name__}: {_printable(first_line(error))} (a bug in savi or a "
+               f"library it uses); {where}, please include it when you report the problem", err=True)
     raise typer.Exit(1) from None
 
 

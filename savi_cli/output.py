@@ -46,3 +46,13 @@ def _plain(value: Any) -> str:
 def _short(text: str) -> str:
     text = text.replace("\n", " ")
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def report(result: Any, noun: str) -> None:
+    """One line on stderr saying what a stage did; the table's path alone on stdout, for the next stage."""
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+    if result.up_to_date:
+        print(f"{noun} up to date ({counts})", file=sys.stderr)
+    else:
+        print(f"{result.items_done} {noun} done now; table holds {counts}", file=sys.stderr)
+    print(result.path)

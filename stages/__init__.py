@@ -1,3 +1,8 @@
 """The savi engine: one module per stage, usable as a library without the CLI."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("savi")
+except PackageNotFoundError:  # a source tree put on the path without installing it
+    __version__ = "unknown"

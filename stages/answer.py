@@ -7,16 +7,12 @@ candidate gives the single initial answer of VideoSAVi v3, and five candidates g
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
-from stages.core.config import settle_model
 from stages.core.errors import SaviError
 from stages.core.model import (
-    DEFAULT_MODEL,
     Decoding,
-    ModelConfig,
     Policy,
     adapter_fingerprint,
     adapter_for_round,
@@ -25,16 +21,17 @@ from stages.core.model import (
 )
 from stages.core.prompts import load_prompts
 from stages.core.records import Answer, Question
-from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, fingerprint, written_records
-
-
-@dataclass(frozen=True)
-class AnswerConfig:
-    candidates: int = 1
-    """Answers per question."""
-    temperatures: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9, 1.0)
-    """Candidate k is sampled at temperatures[k % len(temperatures)]."""
-    max_new_tokens: int = 256
+from stages.core.settings import AnswerConfig, ModelConfig
+from stages.core.store import (
+    ArtifactWriter,
+    Progress,
+    Run,
+    StageResult,
+    file_sha256,
+    fingerprint,
+    ticker,
+    written_records,
+)
 
 
 def answer_id(question_id: str, temperature: float, sample_index: int) -> str:
@@ -42,7 +39,7 @@ def answer_id(question_id: str, temperature: float, sample_index: int) -> str:
 
 
 def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prompts_dir: Path | None = None,
-        force: bool = False, progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
+        force: bool = False, progress: Progress | None = None) -> StageResult:
     if cfg.candidates < 1:
         raise SaviError("--candidates must be at least 1")
     if not cfg.temperatures or any(t < 0 for t in cfg.temperatures):
@@ -50,25 +47,24 @@ def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prom
     questions_art = run.require("questions", round)
     adapter = adapter_for_round(run, round)
     prompt = load_prompts(prompts_dir)["answer"]  # all of them: a misnamed override file is an error
-    model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL))
     samples = {s.video_id: s for s in run.artifact("samples").read()}
     questions: list[Question] = questions_art.read()
 
     # One decoding per temperature: candidate k is sampled at temperatures[k % len(temperatures)].
     decodings = {t: Decoding(max_new_tokens=cfg.max_new_tokens, temperature=t) for t in cfg.temperatures}
     params = {**asdict(cfg), "temperatures": list(cfg.temperatures), "prompt_version": prompt.version,
-              "model": model_cfg.model, "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed,
+              "model": model_cfg.id, "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed,
               "decoding": [d.record() for _, d in sorted(decodings.items())]}
     art = run.artifact("answers", round)
     writer = ArtifactWriter(art, params=params, inputs={"questions": file_sha256(questions_art.path)}, force=force,
                             incremental=True)
     if writer.up_to_date:
-        return StageResult(art.path, 0, 0, True, art.manifest()["counts"])
+        return writer.cached_result()
 
     slots = [(q, k, cfg.temperatures[k % len(cfg.temperatures)]) for q in questions for k in range(cfg.candidates)]
     todo = [(q, k, t) for q, k, t in slots if answer_id(q.question_id, t, k) not in writer.done_items]
-    tick = progress(len(todo)) if progress and todo else (lambda: None)
-    policy = Policy.load(model_cfg, adapter) if todo else None
+    tick = ticker(progress, len(todo))
+    policy = Policy.load(model_cfg, adapter, run=run) if todo else None
     try:
         # A batch is sampled at one temperature, so batches are formed per temperature, videos kept together.
         for temperature in sorted({t for _, _, t in todo}):
@@ -92,5 +88,4 @@ def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prom
     rows = [a for a in written_records(art) if a.answer_id in current]
     counts = {"questions": len(questions), "answers": len(rows), "empty": sum(not a.text for a in rows),
               "cut_off": sum(not a.finished for a in rows)}
-    manifest = writer.finish(counts=counts, keep=current)
-    return StageResult(art.path, len(todo), manifest["rows_added"], False, counts)
+    return writer.finish_result(len(todo), counts, keep=current)

@@ -9,16 +9,12 @@ video half asked.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
-from stages.core.config import settle_model
 from stages.core.errors import SaviError
 from stages.core.model import (
-    DEFAULT_MODEL,
     Decoding,
-    ModelConfig,
     Policy,
     adapter_fingerprint,
     adapter_for_round,
@@ -26,21 +22,19 @@ from stages.core.model import (
     pending_batches,
 )
 from stages.core.parsing import normalize_text, parse_questions
-from stages.core.prompts import KINDS, load_prompts
+from stages.core.prompts import load_prompts
 from stages.core.records import Question
-from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, fingerprint, written_records
-
-
-@dataclass(frozen=True)
-class AskConfig:
-    per_video: int = 6
-    """Questions asked per video, split evenly across the kinds."""
-    kinds: tuple[str, ...] = ("spatial", "temporal")
-    """Question kinds: spatial, temporal (VideoSAVi v3) or what, why, how (v1)."""
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    max_chars: int = 300
-    """Questions longer than this are dropped."""
+from stages.core.settings import KINDS, AskConfig, ModelConfig
+from stages.core.store import (
+    ArtifactWriter,
+    Progress,
+    Run,
+    StageResult,
+    file_sha256,
+    fingerprint,
+    ticker,
+    written_records,
+)
 
 
 def questions_per_kind(per_video: int, kinds: tuple[str, ...]) -> dict[str, int]:
@@ -53,7 +47,7 @@ def question_id(video_id: str, kind: str, text: str) -> str:
 
 
 def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts_dir: Path | None = None,
-        force: bool = False, progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
+        force: bool = False, progress: Progress | None = None) -> StageResult:
     unknown = [k for k in cfg.kinds if k not in KINDS]
     if unknown or not cfg.kinds:
         raise SaviError(f"unknown question kind {', '.join(unknown) or '(none)'}; choose from {', '.join(KINDS)}")
@@ -62,24 +56,23 @@ def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts
     samples_art = run.require("samples")
     adapter = adapter_for_round(run, round)
     prompt = load_prompts(prompts_dir)["ask"]  # all of them: a misnamed override file is an error
-    model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL))
 
     videos = [s for s in samples_art.read() if s.status == "ok"]
     if not videos:
         raise SaviError(f"run '{run.name}' has no video that sampled without error; see `savi status`")
     decoding = Decoding(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-    params = {**asdict(cfg), "kinds": list(cfg.kinds), "prompt_version": prompt.version, "model": model_cfg.model,
+    params = {**asdict(cfg), "kinds": list(cfg.kinds), "prompt_version": prompt.version, "model": model_cfg.id,
               "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed, "decoding": decoding.record()}
     inputs = {"samples": file_sha256(samples_art.path)}
     art = run.artifact("questions", round)
     writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True)
     if writer.up_to_date:
-        return StageResult(art.path, 0, 0, True, art.manifest()["counts"])
+        return writer.cached_result()
 
     todo = [v for v in videos if v.video_id not in writer.done_items]
     per_kind = questions_per_kind(cfg.per_video, cfg.kinds)
-    tick = progress(len(todo)) if progress and todo else (lambda: None)
-    policy = Policy.load(model_cfg, adapter) if todo else None
+    tick = ticker(progress, len(todo))
+    policy = Policy.load(model_cfg, adapter, run=run) if todo else None
     try:
         # One batch of generations covers several videos, all their kinds at once.
         for chunk in pending_batches(videos, max(1, model_cfg.batch_size // len(cfg.kinds)),
@@ -113,5 +106,4 @@ def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts
     counts = {"videos": len(done_videos), "questions": len(rows),
               "parse_failures": len(done_videos) * len(cfg.kinds) - len(kinds_found),
               **{f"kind_{k}": sum(q.kind == k for q in rows) for k in cfg.kinds}}
-    manifest = writer.finish(counts=counts, keep=current)
-    return StageResult(art.path, len(todo), manifest["rows_added"], False, counts)
+    return writer.finish_result(len(todo), counts, keep=current)

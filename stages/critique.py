@@ -15,16 +15,13 @@ derived from them in one step, with no model call, into `candidates.parquet`, wh
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from stages.core.config import settle_model
 from stages.core.errors import SaviError
 from stages.core.model import (
-    DEFAULT_MODEL,
     Decoding,
-    ModelConfig,
     Policy,
     adapter_fingerprint,
     adapter_for_round,
@@ -34,20 +31,17 @@ from stages.core.model import (
 from stages.core.parsing import parse_critique, parse_judge, parse_revision, similarity
 from stages.core.prompts import load_prompts
 from stages.core.records import Answer, Candidate, Critique, Question
-from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, fingerprint, written_records
-
-MODES = ("critique", "judge")
-
-
-@dataclass(frozen=True)
-class CritiqueConfig:
-    mode: str = "critique"
-    """critique (VideoSAVi v3: critique, then revise) or judge (v1: score candidates 1-5, best vs worst)."""
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    """0 decodes greedily: a verdict should not depend on luck."""
-    unchanged_similarity: float = 0.9
-    """A revision at least this similar to the answer (0-1) counts as unchanged."""
+from stages.core.settings import CRITIQUE_MODES, CritiqueConfig, ModelConfig
+from stages.core.store import (
+    ArtifactWriter,
+    Progress,
+    Run,
+    StageResult,
+    file_sha256,
+    fingerprint,
+    ticker,
+    written_records,
+)
 
 
 def critique_id(answer: Answer, mode: str) -> str:
@@ -56,64 +50,76 @@ def critique_id(answer: Answer, mode: str) -> str:
 
 
 def run(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, *, prompts_dir: Path | None = None,
-        force: bool = False, progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
-    if cfg.mode not in MODES:
+        force: bool = False, progress: Progress | None = None) -> StageResult:
+    """Critique (or judge) every answer of the round, then derive the round's candidate pairs from the verdicts."""
+    if cfg.mode not in CRITIQUE_MODES:
         raise SaviError(f"unknown --mode {cfg.mode!r}: use critique or judge")
     answers_art = run.require("answers", round)
     adapter = adapter_for_round(run, round)
     prompt = load_prompts(prompts_dir)[cfg.mode]  # all of them: a misnamed override file is an error
-    model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL))
-    samples = {s.video_id: s for s in run.artifact("samples").read()}
     questions: dict[str, Question] = {q.question_id: q for q in run.artifact("questions", round).read()}
     answers: list[Answer] = answers_art.read()
     if cfg.mode == "judge" and max(Counter(a.question_id for a in answers).values(), default=0) < 2:
         raise SaviError("judge mode pairs the best and worst of several answers per question, but round "
                         f"{round} has one answer per question; run `savi answer --candidates 5 --force` first")
 
-    params = {**asdict(cfg), "prompt_version": prompt.version, "model": model_cfg.model,
+    params = {**asdict(cfg), "prompt_version": prompt.version, "model": model_cfg.id,
               "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed,
               "decoding": _decoding(cfg).record()}
+    result = _critique_answers(run, round, cfg, model_cfg, adapter, prompt, answers, questions, params,
+                               {"answers": file_sha256(answers_art.path)}, force, progress)
+    _write_candidates(run, round, cfg, answers, questions, params, force)
+    return result
+
+
+def _critique_answers(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, adapter: Path | None,
+                      prompt, answers: list[Answer], questions: dict[str, Question], params: dict[str, Any],
+                      inputs: dict[str, Any], force: bool, progress: Progress | None) -> StageResult:
+    """The critiques table: one critique (or judgement) per answer, resumable answer by answer."""
     art = run.artifact("critiques", round)
-    writer = ArtifactWriter(art, params=params, inputs={"answers": file_sha256(answers_art.path)}, force=force,
-                            incremental=True)
-    done_now = 0
-    if not writer.up_to_date:
-        def done(a: Answer) -> bool:
-            return critique_id(a, cfg.mode) in writer.done_items
+    writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True)
+    if writer.up_to_date:
+        return writer.cached_result()
 
-        ordered = sorted(answers, key=lambda a: a.video_id)
-        done_now = sum(not done(a) for a in ordered)
-        tick = progress(done_now) if progress and done_now else (lambda: None)
-        policy = Policy.load(model_cfg, adapter) if done_now else None
-        try:
-            for batch in pending_batches(ordered, model_cfg.batch_size, done):
-                videos = [load_video(run, samples[a.video_id]) for a in batch]
-                qs = [questions[a.question_id].text for a in batch]
-                rows = (_critique_and_revise if cfg.mode == "critique" else _judge)(
-                    policy, prompt, cfg, batch, qs, videos)
-                for row in rows:
-                    if writer.add(row):
-                        tick()
-        finally:
-            writer.close()
-        current = {critique_id(a, cfg.mode) for a in answers}
-        critiques = [c for c in written_records(art) if c.critique_id in current]
-        writer.finish(counts=_critique_counts(critiques), keep=current)
-    critiques_manifest = art.manifest()
+    def done(a: Answer) -> bool:
+        return critique_id(a, cfg.mode) in writer.done_items
 
-    # The candidate pairs are a pure function of the critiques: rebuilt whenever the critiques change.
-    candidates_art = run.artifact("candidates", round)
-    inputs = {"critiques": file_sha256(art.path)}
+    ordered = sorted(answers, key=lambda a: a.video_id)
+    todo = [a for a in ordered if not done(a)]
+    tick = ticker(progress, len(todo))
+    samples = {s.video_id: s for s in run.artifact("samples").read()}
+    policy = Policy.load(model_cfg, adapter, run=run) if todo else None
+    try:
+        for batch in pending_batches(ordered, model_cfg.batch_size, done):
+            videos = [load_video(run, samples[a.video_id]) for a in batch]
+            qs = [questions[a.question_id].text for a in batch]
+            rows = (_critique_and_revise if cfg.mode == "critique" else _judge)(policy, prompt, cfg, batch, qs,
+                                                                               videos)
+            for row in rows:
+                if writer.add(row):
+                    tick()
+    finally:
+        writer.close()
+
+    current = {critique_id(a, cfg.mode) for a in answers}
+    critiques = [c for c in written_records(art) if c.critique_id in current]
+    return writer.finish_result(len(todo), _critique_counts(critiques), keep=current)
+
+
+def _write_candidates(run: Run, round: int, cfg: CritiqueConfig, answers: list[Answer],
+                      questions: dict[str, Question], params: dict[str, Any], force: bool) -> None:
+    """The candidate pairs, a pure function of the critiques: rebuilt, with no model, whenever they change."""
+    critiques_art, candidates_art = run.artifact("critiques", round), run.artifact("candidates", round)
+    inputs = {"critiques": file_sha256(critiques_art.path)}
     previous = candidates_art.manifest() if candidates_art.complete else None
-    if previous is None or previous["inputs"] != inputs or previous["params"] != params or force:
-        pairs = derive_candidates(art.read(), {a.answer_id: a for a in answers}, questions, cfg)
-        cand_writer = ArtifactWriter(candidates_art, params=params, inputs=inputs, force=True)
-        for pair in pairs:
-            cand_writer.add(pair)
-        notes = Counter(p.note or "usable" for p in pairs)
-        cand_writer.finish(counts={"pairs": len(pairs), **dict(sorted(notes.items()))})
-    return StageResult(art.path, done_now, critiques_manifest["rows_added"] if done_now else 0, writer.up_to_date,
-                       critiques_manifest["counts"])
+    if previous is not None and previous["inputs"] == inputs and previous["params"] == params and not force:
+        return
+    pairs = derive_candidates(critiques_art.read(), {a.answer_id: a for a in answers}, questions, cfg)
+    writer = ArtifactWriter(candidates_art, params=params, inputs=inputs, force=True)
+    for pair in pairs:
+        writer.add(pair)
+    notes = Counter(p.note or "usable" for p in pairs)
+    writer.finish(counts={"pairs": len(pairs), **dict(sorted(notes.items()))})
 
 
 def _critique_and_revise(policy: Policy, prompt, cfg: CritiqueConfig, batch: list[Answer], qs: list[str],

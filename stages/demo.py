@@ -19,6 +19,8 @@ from pathlib import Path
 from stages import round as round_stage
 from stages import sample
 from stages.core.config import CONFIG_NAME, resolve
+from stages.core.query import run_query
+from stages.core.settings import SampleConfig
 from stages.core.store import open_run
 from stages.offline import videos as synthetic
 from stages.offline.benchmark_files import write_egoschema_demo
@@ -80,7 +82,7 @@ class DemoResult:
 
 
 def run(folder: Path, *, say: Callable[[str], None] = lambda _: None,
-        progress: round_stage.Progress | None = None) -> DemoResult:
+        progress: round_stage.RoundProgress | None = None) -> DemoResult:
     videos, model, clip, workspace = folder / "videos", folder / "model", folder / "clip", folder / "runs"
     benchmark = folder / "benchmark" / "egoschema"
     if not videos.is_dir():
@@ -109,9 +111,24 @@ def run(folder: Path, *, say: Callable[[str], None] = lambda _: None,
     rounds: dict[int, round_stage.RoundSummary] = {}
     with demo_run.lock():
         say(f"sampling {videos}")
-        sampled = sample.run(demo_run, [videos], resolve(demo_run, "sample", sample.SampleConfig),
+        sampled = sample.run(demo_run, [videos], resolve(demo_run, SampleConfig),
                              progress=progress("sample", "video") if progress else None)
         for r in ROUNDS:
             rounds[r] = round_stage.run_round(demo_run, r, round_stage.resolve_round(demo_run), say=say,
                                            progress=progress)
     return DemoResult(folder, model, workspace, sampled, rounds)
+
+
+def sampled_videos(workspace: Path) -> tuple[list[str], list[tuple]]:
+    """What `savi sample` made of each example video: its status, error, rotation, size and frames."""
+    return run_query("select regexp_extract(path, '[^/]+$') as video, status, coalesce(error, '') as error, "
+                     "rotation, width || 'x' || height as size, len(frame_indices) as frames from samples "
+                     "order by status desc, video", workspace)
+
+
+def some_kept_pairs(workspace: Path, limit: int = 3) -> tuple[list[str], list[tuple]]:
+    """A few pairs the filter kept, with their question and CLIP scores."""
+    return run_query("select p.round, q.kind, q.text as question, p.chosen, p.chosen_clip, p.rejected_clip "
+                     "from pairs p join questions q using (question_id, run, round) where p.kept "
+                     f"order by p.round, p.pair_id limit {int(limit)}", workspace)
+

@@ -29,79 +29,42 @@ This module imports trl and transformers at the top: it is the training script, 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from transformers import PrinterCallback, SchedulerType, TrainerCallback
 from trl import DPOTrainer
 
-from stages.core.config import resolve, settle_model
 from stages.core.errors import SaviError
 from stages.core.model import (
-    DEFAULT_MODEL,
-    ModelConfig,
     adapter_fingerprint,
     adapter_for_round,
     load_adapter,
     load_model,
     load_video,
     preference_row,
+    processor_inputs,
     resolve_device,
     resolve_dtype,
 )
 from stages.core.records import Pair, Sample, TrainStep
-from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, written_records
+from stages.core.settings import LOSSES, ModelConfig, TrainConfig
+from stages.core.store import ArtifactWriter, Progress, Run, StageResult, atomic_dir, file_sha256, written_records
 
 log = logging.getLogger("savi")
 
-LOSSES = ("sigmoid", "clip-weighted")
 # The frozen vision tower of each family (Qwen's includes its merger; LLaVA's projector is frozen too).
 VISION_TOWERS = ("model.visual", "model.vision_tower")
 # The language model's projections; the vision tower and the output head are left alone (trl refuses lm_head).
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    beta: float = 0.1
-    """DPO temperature: how far the policy may move from the reference."""
-    loss: str = "sigmoid"
-    """sigmoid (standard DPO) or clip-weighted (adds a CLIP grounding margin, see the module docstring)."""
-    clip_gamma: float = 10.0
-    """γ of clip-weighted: reward margin demanded per unit of CLIP score gap."""
-    learning_rate: float = 5e-6
-    lr_scheduler: str = "linear"
-    """How the learning rate decays: linear, cosine, constant, ... (transformers' scheduler names)."""
-    warmup: float = 0.0
-    """Warm-up: a fraction of the training steps if below 1, else a number of steps."""
-    epochs: float = 1.0
-    batch_size: int = 1
-    """Pairs per device step."""
-    grad_accum: int = 8
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    max_steps: int = -1
-    """Stop after this many optimizer steps (-1: train for `epochs`)."""
-    save_steps: int = 50
-    """Checkpoint every this many steps, for resuming after a crash."""
-    gradient_checkpointing: bool = True
-    four_bit: bool = True
-    """QLoRA: the frozen base in 4-bit NF4. False trains plain LoRA on a bf16/fp32 base."""
-
-
-def resolve_config(run: Run, flags: dict[str, Any]) -> TrainConfig:
-    """TrainConfig's defaults, then the run's `[dpo]` section of savi.toml, then the flags that were given."""
-    return resolve(run, "dpo", TrainConfig, flags)
-
-
 def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force: bool = False,
-        progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
+        progress: Progress | None = None) -> StageResult:
     if cfg.loss not in LOSSES:
         raise SaviError(f"unknown --loss {cfg.loss!r}: use sigmoid or clip-weighted")
     schedulers = [s.value for s in SchedulerType]
@@ -113,12 +76,11 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
         raise SaviError(f"round {round} of run '{run.name}' kept no pairs to train on (see `savi query \"select "
                         f"drop_reason, count(*) from pairs where round = {round} group by 1\"`)")
     previous = adapter_for_round(run, round)
-    model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL),
-                        load_in_4bit=cfg.four_bit)
+    model_cfg = replace(model_cfg, load_in_4bit=cfg.four_bit)
 
     round_dir = run.round_dir(round)
     adapter_dir, checkpoints = round_dir / "adapter", round_dir / ".checkpoints"
-    params = {**asdict(cfg), "model": model_cfg.model, "seed": model_cfg.seed,
+    params = {**asdict(cfg), "model": model_cfg.id, "seed": model_cfg.seed,
               "starts_from": adapter_fingerprint(previous)}
     inputs = {"pairs": file_sha256(pairs_art.path)}
     log_art = run.artifact("train_log", round)
@@ -152,7 +114,7 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
 
 def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: TrainConfig,
                   model_cfg: ModelConfig, previous: Path | None, output_dir: Path, writer: ArtifactWriter | None,
-                  progress: Callable[[int], Callable[[], None]] | None = None):
+                  progress: Progress | None = None):
     """The DPOTrainer for these pairs, ready to `train()`. Separate from `run` so tests can inspect it."""
     import torch
     from datasets import Dataset
@@ -161,7 +123,7 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
 
     device = resolve_device(model_cfg.device)
     on_gpu = device.startswith("cuda")
-    model, processor = load_model(model_cfg, training=True)
+    model, processor = load_model(model_cfg, training=True, run=run)
 
     peft_config = None
     if previous is None:
@@ -270,23 +232,12 @@ class VideoPreferenceCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
-        from transformers.video_utils import VideoMetadata
         from trl.trainer.utils import flush_left, pad
 
         videos = [load_video(self.run, self.samples[e["video_id"]]) for e in examples] * 2
         prompts = [self._render(e["prompt"], add_generation_prompt=True) for e in examples] * 2
         completions = [self._completion(e, key) for key in ("chosen", "rejected") for e in examples]
-        processed = self.processor(
-            text=prompts,
-            videos=[v.frames for v in videos],
-            video_metadata=[VideoMetadata(total_num_frames=v.total_frames, fps=v.fps, frames_indices=v.indices)
-                            for v in videos],
-            do_sample_frames=False,
-            padding=True,
-            padding_side="left",
-            add_special_tokens=False,  # the chat template already has them
-            return_tensors="pt",
-        )
+        processed = processor_inputs(self.processor, videos, prompts)
         tokenizer = self.processor.tokenizer
         half = len(examples)
         tokens = [tokenizer(completions[:half], padding=True, padding_side="right", add_special_tokens=False,
@@ -421,8 +372,5 @@ def _last_checkpoint(folder: Path) -> Path | None:
 
 def _save_adapter(model: Any, adapter_dir: Path) -> None:
     """Save the trained adapter only (not trl's "ref" copy), into place in one rename."""
-    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=["default"])
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    os.rename(tmp, adapter_dir)
+    with atomic_dir(adapter_dir) as tmp:
+        model.save_pretrained(str(tmp), selected_adapters=["default"])

@@ -20,34 +20,44 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stages.benchmarks import BENCHMARKS, Benchmark, EvalItem, read_benchmark, submission
-from stages.core.config import settle_model
 from stages.core.errors import SaviError
 from stages.core.model import (
-    DEFAULT_MODEL,
     Decoding,
-    ModelConfig,
     Policy,
     Video,
     adapter_fingerprint,
-    chunks,
+    pending_batches,
     trained_adapter,
     trained_rounds,
 )
 from stages.core.parsing import LETTERS, parse_choice
 from stages.core.records import EvalResult
-from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, write_json, written_records
+from stages.core.settings import EVAL_MODES, EvalConfig, ModelConfig
+from stages.core.store import (
+    DEFAULT_RUN,
+    ArtifactWriter,
+    Progress,
+    Run,
+    StageResult,
+    existing_run,
+    file_sha256,
+    open_run,
+    slug,
+    ticker,
+    write_json,
+    written_records,
+)
 from stages.core.video import VideoError, read_frame_folder, read_video
 
-MODES = ("likelihood", "generate")
 MISSING_SHOWN = 5
 
 
@@ -62,18 +72,6 @@ class BenchmarkSource:
     """None: the benchmark's default split."""
     videos: Path | None = None
     """Where the videos are, if not where the benchmark's layout puts them under `data`."""
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    mode: str = "likelihood"
-    frames: int = 32
-    max_side: int = 448
-    limit: int | None = None
-    """Evaluate only the first N questions (in the benchmark's order)."""
-    allow_missing: bool = False
-    """Evaluate the questions whose video exists; otherwise a missing video is an error."""
-    max_new_tokens: int = 16
 
 
 @dataclass(frozen=True)
@@ -92,9 +90,9 @@ def table_name(bench: Benchmark) -> str:
 
 
 def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cfg: ModelConfig, *,
-        force: bool = False, progress: Callable[[int], Callable[[], None]] | None = None) -> EvalOutcome:
-    if cfg.mode not in MODES:
-        raise SaviError(f"unknown --mode {cfg.mode!r}: use {' or '.join(MODES)}")
+        force: bool = False, progress: Progress | None = None) -> EvalOutcome:
+    if cfg.mode not in EVAL_MODES:
+        raise SaviError(f"unknown --mode {cfg.mode!r}: use {' or '.join(EVAL_MODES)}")
     if round < 0:
         raise SaviError(f"--round must be 0 (the base model) or a trained round; got {round}")
     bench = read_benchmark(source.name, source.data, source.split, source.videos)
@@ -103,43 +101,59 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
         raise SaviError(f"{bench.name} ({bench.split}) has no questions in {source.data}")
     present, missing = _check_videos(bench, items, source, cfg.allow_missing)
     adapter = trained_adapter(run, round)
-    model_cfg = replace(model_cfg, model=settle_model(run, model_cfg.model, DEFAULT_MODEL))
 
     name = table_name(bench)
     params = {"benchmark": bench.name, "split": bench.split, "mode": cfg.mode, "frames": cfg.frames,
-              "max_side": cfg.max_side, "model": model_cfg.model, "adapter": adapter_fingerprint(adapter)}
+              "max_side": cfg.max_side, "model": model_cfg.id, "adapter": adapter_fingerprint(adapter)}
     if cfg.mode == "generate":
         params["max_new_tokens"] = cfg.max_new_tokens
         params["decoding"] = Decoding(max_new_tokens=cfg.max_new_tokens).record()
     inputs = {"annotations": {p.name: file_sha256(p) for p in bench.sources}, "questions": len(items),
               "videos_found": len(present)}
     art = run.eval_artifact(name, round)
+    summary_path = art.path.with_name(f"{name}.summary.json")
     writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True)
-    todo = [] if writer.up_to_date else sorted(
-        (i for i in present if i.question_id not in writer.done_items), key=lambda i: str(i.video))
-    tick = progress(len(todo)) if progress and todo else (lambda: None)
-    if todo:
-        policy = Policy.load(model_cfg, adapter)
-        try:
-            for batch, videos in _decoded_batches(todo, cfg, policy.batch_size):
-                for row in _answer(policy, batch, videos, cfg, name):
-                    writer.add(row)
+    if writer.up_to_date:
+        summary = json.loads(summary_path.read_text())
+        return EvalOutcome(name, writer.cached_result(), summary, summary_path, _submission_path(art.path, bench))
+
+    def done(item: EvalItem) -> bool:
+        return item.question_id in writer.done_items
+
+    ordered = sorted(present, key=lambda i: str(i.video))
+    todo = [i for i in ordered if not done(i)]
+    tick = ticker(progress, len(todo))
+    policy = Policy.load(model_cfg, adapter, run=run) if todo else None
+    try:
+        # Batches are cut from all the questions, as a run that was never interrupted cuts them: a question is
+        # scored beside the same others (padded alike), so a resumed table holds the very same numbers.
+        for batch, videos in _decoded_batches(list(pending_batches(ordered, model_cfg.batch_size, done)), cfg):
+            for row in _answer(policy, batch, videos, cfg, name):
+                if writer.add(row):
                     tick()
-        finally:
-            writer.close()
+    finally:
+        writer.close()
 
     # The summary is written before the manifest, so a finished table always has one.
     current = {i.question_id for i in present}
     rows: list[EvalResult] = [r for r in written_records(art) if r.question_id in current]
-    summary = summarize(rows, bench, round, cfg.mode, model_cfg.model, missing=len(missing))
-    summary_path = art.path.with_name(f"{name}.summary.json")
+    summary = summarize(rows, bench, round, cfg.mode, model_cfg.id, missing=len(missing))
     write_json(summary_path, summary)
     submission_path = _write_submission(art.path, bench, rows)
     counts = {k: summary[k] for k in ("questions", "accuracy", "correct", "unparsed", "video_errors",
                                       "missing_videos")}
-    added = 0 if writer.up_to_date else writer.finish(counts=counts, keep=current)["rows_added"]
-    return EvalOutcome(name, StageResult(art.path, len(todo), added, writer.up_to_date, counts), summary,
-                       summary_path, submission_path)
+    result = writer.finish_result(len(todo), counts, keep=current)
+    return EvalOutcome(name, result, summary, summary_path, submission_path)
+
+
+def run_to_evaluate(run: str | None, model: str | None, workspace: Path | str | None) -> Run:
+    """The run whose model `savi eval` evaluates: `run` if named; for a `model` given without a run, a run of its
+    own, `eval-<model>` (so evaluating any checkpoint needs no set-up); else the default run, which must exist."""
+    if run is None and model is not None:
+        return open_run("eval-" + slug(model.strip("/").split("/")[-1]), workspace)
+    if model is None:
+        return existing_run(run or DEFAULT_RUN, workspace)
+    return open_run(run, workspace)
 
 
 def latest_trained_round(run: Run) -> int:
@@ -162,10 +176,10 @@ def _check_videos(bench: Benchmark, items: list[EvalItem], source: BenchmarkSour
     return present, missing
 
 
-def _decoded_batches(items: list[EvalItem], cfg: EvalConfig,
-                     batch_size: int) -> Iterator[tuple[Sequence[EvalItem], dict[str, Video | str]]]:
-    """Batches of items with their videos decoded, the next batch decoding in a thread while the model runs
-    (decord releases the GIL). A video that cannot be decoded maps to its error message."""
+def _decoded_batches(batches: list[Sequence[EvalItem]],
+                     cfg: EvalConfig) -> Iterator[tuple[Sequence[EvalItem], dict[str, Video | str]]]:
+    """The batches with their videos decoded, the next batch decoding in a thread while the model runs (decord
+    releases the GIL). A video that cannot be decoded maps to its error message."""
     def decode(batch: Sequence[EvalItem]) -> dict[str, Video | str]:
         videos: dict[str, Video | str] = {}
         for item in batch:
@@ -177,7 +191,6 @@ def _decoded_batches(items: list[EvalItem], cfg: EvalConfig,
                     videos[key] = str(e)
         return videos
 
-    batches = chunks(items, batch_size)
     with ThreadPoolExecutor(max_workers=1) as pool:
         ahead = pool.submit(decode, batches[0]) if batches else None
         for k, batch in enumerate(batches):
@@ -280,6 +293,14 @@ def _write_submission(table: Path, bench: Benchmark, rows: list[EvalResult]) -> 
     path = table.with_name(file_name)
     write_json(path, content)
     return path
+
+
+def _submission_path(table: Path, bench: Benchmark) -> Path | None:
+    """Where `_write_submission` put the submission file of a finished table."""
+    if bench.answers_public:
+        return None
+    file_name, _ = submission(bench, {})
+    return table.with_name(file_name)
 
 
 def summaries(run: Run) -> list[dict[str, Any]]:

@@ -10,14 +10,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from stages.core.errors import SaviError
 from stages.core.model import preference_row
-from stages.core.store import Run, atomic_path
+from stages.core.store import Run, atomic_dir, atomic_path
 
 FORMATS = ("trl", "jsonl")
 
@@ -35,11 +33,8 @@ def export_pairs(run: Run, round: int, fmt: str, out: Path | None = None) -> Pat
         return out
     from datasets import Dataset
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    Dataset.from_list(rows).save_to_disk(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    os.rename(tmp, out)
+    with atomic_dir(out) as tmp:
+        Dataset.from_list(rows).save_to_disk(str(tmp))
     return out
 
 

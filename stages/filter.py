@@ -25,32 +25,14 @@ Every pair lands in `pairs.parquet`: kept ones with their CLIP scores, dropped o
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from stages.core.clip import ClipConfig, ClipScorer
 from stages.core.errors import SaviError
 from stages.core.parsing import similarity
 from stages.core.records import Candidate, Pair
-from stages.core.store import ArtifactWriter, Run, StageResult, file_sha256, written_records
-
-SWAPS = ("auto", "on", "off")
-
-
-@dataclass(frozen=True)
-class FilterConfig:
-    swap: str = "auto"
-    """When CLIP may swap chosen and rejected: auto (judge mode only, as VideoSAVi v1), on, or off."""
-    swap_margin: float = 0.0
-    """Swap when the rejected text's CLIP score beats the chosen one's by more than this."""
-    min_clip_margin: float | None = None
-    """Drop pairs whose chosen-minus-rejected CLIP score (after any swap) is below this; unset: no drop."""
-    near_duplicate: float = 0.9
-    """Drop pairs whose two texts are at least this similar (0-1)."""
-    max_length_ratio: float = 3.0
-    """Drop pairs where one text is more than this many times longer than the other."""
-    drop_cut_off: bool = True
-    """Drop pairs where either text was cut off at the token limit."""
+from stages.core.settings import SWAPS, FilterConfig
+from stages.core.store import ArtifactWriter, Progress, Run, StageResult, file_sha256, ticker, written_records
 
 
 def text_rule(pair: Candidate, cfg: FilterConfig) -> str | None:
@@ -87,7 +69,7 @@ def grounding_rule(pair: Candidate, chosen_clip: float, rejected_clip: float, cf
 
 
 def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force: bool = False,
-        progress: Callable[[int], Callable[[], None]] | None = None) -> StageResult:
+        progress: Progress | None = None) -> StageResult:
     if cfg.swap not in SWAPS:
         raise SaviError(f"unknown swap {cfg.swap!r} in [filter]: use {', '.join(SWAPS)}")
     candidates_art = run.require("candidates", round)
@@ -101,10 +83,10 @@ def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force:
     writer = ArtifactWriter(art, params=params, inputs={"candidates": file_sha256(candidates_art.path)},
                             force=force, incremental=True)
     if writer.up_to_date:
-        return StageResult(art.path, 0, 0, True, art.manifest()["counts"])
+        return writer.cached_result()
 
     todo = [c for c in candidates if c.pair_id not in writer.done_items]
-    tick = progress(len(todo)) if progress and todo else (lambda: None)
+    tick = ticker(progress, len(todo))
     to_score = []
     try:
         for pair in todo:
@@ -134,5 +116,4 @@ def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force:
     counts = {"candidates": len(rows), "kept": sum(p.kept for p in rows),
               "clip_scored": sum(p.chosen_clip is not None for p in rows), "swapped": sum(p.swapped for p in rows),
               **{f"dropped_{reason}": n for reason, n in sorted(dropped.items())}}
-    manifest = writer.finish(counts=counts, keep=current)
-    return StageResult(art.path, len(todo), manifest["rows_added"], False, counts)
+    return writer.finish_result(len(todo), counts, keep=current)

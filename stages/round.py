@@ -19,43 +19,46 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from stages import answer, ask, critique, dpo
 from stages import eval as eval_stage
 from stages import filter as filter_stage
-from stages.core.clip import ClipConfig
-from stages.core.config import CONFIG_NAME, read_config, resolve, resolve_model, settle_model
+from stages.core.config import CONFIG_NAME, read_config, resolve, resolve_model
 from stages.core.errors import SaviError
-from stages.core.model import DEFAULT_MODEL, ModelConfig, adapter_for_round
+from stages.core.model import adapter_for_round
+from stages.core.settings import (
+    AnswerConfig,
+    AskConfig,
+    ClipConfig,
+    CritiqueConfig,
+    EvalConfig,
+    FilterConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from stages.core.store import Run, StageResult, atomic_path
-from stages.eval import BenchmarkSource, EvalConfig, EvalOutcome
+from stages.eval import BenchmarkSource, EvalOutcome
 
-SECTIONS: dict[str, type] = {
-    "ask": ask.AskConfig,
-    "answer": answer.AnswerConfig,
-    "critique": critique.CritiqueConfig,
-    "filter": filter_stage.FilterConfig,
-    "clip": ClipConfig,
-    "dpo": dpo.TrainConfig,
-    "eval": EvalConfig,
-}
+# The settings a round runs with, by their savi.toml section ([model] is resolved apart: it is settled).
+SECTIONS: dict[str, type] = {cls.SECTION: cls for cls in (AskConfig, AnswerConfig, CritiqueConfig, FilterConfig,
+                                                           ClipConfig, TrainConfig, EvalConfig)}
 STAGES = ("ask", "answer", "critique", "filter", "dpo", "eval")
 
-Progress = Callable[[str, str], Callable[[int], Callable[[], None]]]  # (stage, unit) -> progress callback
+RoundProgress = Callable[[str, str], Callable[[int], Callable[[], None]]]  # (stage, unit) -> progress callback
 
 
 @dataclass(frozen=True)
 class RoundConfig:
     model: ModelConfig
-    ask: ask.AskConfig
-    answer: answer.AnswerConfig
-    critique: critique.CritiqueConfig
-    filter: filter_stage.FilterConfig
+    ask: AskConfig
+    answer: AnswerConfig
+    critique: CritiqueConfig
+    filter: FilterConfig
     clip: ClipConfig
-    dpo: dpo.TrainConfig
+    dpo: TrainConfig
     eval: EvalConfig
     benchmarks: tuple[BenchmarkSource, ...] = ()
 
@@ -79,7 +82,7 @@ def resolve_round(run: Run, overrides: dict[str, dict[str, Any]] | None = None,
     if in_file:
         raise SaviError(f"unknown section [{'], ['.join(in_file)}] in {run.path / CONFIG_NAME}; known: model, "
                         f"sample, {', '.join(SECTIONS)}, benchmarks")
-    sections = {name: resolve(run, name, cls, overrides.get(name)) for name, cls in SECTIONS.items()}
+    sections = {name: resolve(run, cls, overrides.get(name)) for name, cls in SECTIONS.items()}
     listed = {b.name: b for b in benchmarks_from_config(run)}
     listed.update({b.name: b for b in benchmarks or []})
     return RoundConfig(model=resolve_model(run, overrides.get("model")), benchmarks=tuple(listed.values()),
@@ -112,6 +115,14 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def parse_benchmark(text: str) -> BenchmarkSource:
+    """`name=path` (as `--eval` takes it) to the benchmark to evaluate."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise SaviError(f"--eval {text!r}: expected NAME=PATH, e.g. egoschema=~/data/egoschema")
+    return BenchmarkSource(name.strip(), Path(path.strip()).expanduser())
+
+
 def save_resolved(run: Run, round: int, cfg: RoundConfig) -> Path:
     """Write what this round runs with to `round=<r>/config.toml` (TOML has no null, so unset values are left out)."""
     import tomli_w
@@ -123,8 +134,7 @@ def save_resolved(run: Run, round: int, cfg: RoundConfig) -> Path:
             return [plain(v) for v in obj]
         return str(obj) if isinstance(obj, Path) else obj
 
-    model = asdict(cfg.model)
-    resolved = {"model": {"id": model.pop("model"), **model},
+    resolved = {"model": asdict(cfg.model),
                 **{name: asdict(getattr(cfg, name)) for name in SECTIONS},
                 "benchmarks": {b.name: {f.name: getattr(b, f.name) for f in fields(b) if f.name != "name"}
                                for b in cfg.benchmarks}}
@@ -136,7 +146,7 @@ def save_resolved(run: Run, round: int, cfg: RoundConfig) -> Path:
 
 
 def run_round(run: Run, round: int, cfg: RoundConfig, *, redo: str | None = None,
-              say: Callable[[str], None] = lambda _: None, progress: Progress | None = None) -> RoundSummary:
+              say: Callable[[str], None] = lambda _: None, progress: RoundProgress | None = None) -> RoundSummary:
     """Run round `round`. `redo` names a stage to do again, with every later one (their inputs change with it),
     for example after changing its settings; the stages before it are kept."""
     if redo is not None and redo not in STAGES:
@@ -144,8 +154,8 @@ def run_round(run: Run, round: int, cfg: RoundConfig, *, redo: str | None = None
     force = {stage: redo is not None and k >= STAGES.index(redo) for k, stage in enumerate(STAGES)}
     run.require("samples")
     adapter_for_round(run, round)  # fail now, not after an hour of generation, if round r-1 is not trained
-    model = replace(cfg.model, model=settle_model(run, cfg.model.model, DEFAULT_MODEL))
-    config_path = save_resolved(run, round, replace(cfg, model=model))
+    model = cfg.model
+    config_path = save_resolved(run, round, cfg)
 
     def bar(stage: str, unit: str):
         return progress(stage, unit) if progress else None

@@ -23,22 +23,11 @@ from pathlib import Path
 
 from stages.core.errors import SaviError
 from stages.core.records import Sample
-from stages.core.store import ArtifactWriter, Run, file_sha256, fingerprint, written_records
+from stages.core.settings import SampleConfig
+from stages.core.store import ArtifactWriter, Progress, Run, file_sha256, fingerprint, written_records
 from stages.core.video import VIDEO_EXTENSIONS, VideoError, read_video, save_frames
 
 LIST_SUFFIXES = (".txt", ".list", ".lst")
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    frames: int = 32
-    """Frames per video (uniform segment midpoints), or the cap when `fps` is set."""
-    fps: float | None = None
-    """Sample at this fixed rate instead of uniformly (at most `frames` frames)."""
-    max_side: int = 448
-    """Resize so the longer side is at most this many pixels."""
-    workers: int = 1
-    """Videos decoded in parallel."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +115,7 @@ def sample_one(path: Path, video_id: str, frames_root: Path, cfg: SampleConfig, 
 
 
 def run(run: Run, inputs: Iterable[str | Path], cfg: SampleConfig = SampleConfig(), *, force: bool = False,
-        progress: Callable[[int], Callable[[], None]] | None = None,
+        progress: Progress | None = None,
         worker: Callable[..., Sample] = sample_one) -> SampleResult:
     """Sample every video in `inputs` into `run`. Returns where the table is and what was done.
 

@@ -27,7 +27,7 @@ runner = CliRunner()
 def evaluate(run, data, tiny_model, round=0, benchmark="egoschema", split=None, **kw):
     source = eval_stage.BenchmarkSource(benchmark, data, split)
     cfg = eval_stage.EvalConfig(frames=kw.pop("frames", 4), **kw)
-    return eval_stage.run(run, round, source, cfg, ModelConfig(model=str(tiny_model()), batch_size=3))
+    return eval_stage.run(run, round, source, cfg, ModelConfig(id=str(tiny_model()), batch_size=3))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def test_an_interrupted_eval_resumes_with_nothing_lost_or_duplicated(tiny_model,
         return progress
 
     source, cfg = eval_stage.BenchmarkSource("nextqa", data), eval_stage.EvalConfig(frames=4)
-    mcfg = ModelConfig(model=str(tiny_model()), batch_size=3)
+    mcfg = ModelConfig(id=str(tiny_model()), batch_size=3)
     with pytest.raises(KeyboardInterrupt):
         eval_stage.run(cut, 0, source, cfg, mcfg, progress=stop_after(4))
     assert cut.eval_artifact("nextqa", 0).in_progress

@@ -17,9 +17,11 @@ from savi_cli.main import app
 from stages import dpo
 from stages import filter as filter_stage
 from stages.core.clip import ClipConfig
+from stages.core.config import resolve
 from stages.core.errors import SaviError
 from stages.core.model import ModelConfig
 from stages.core.records import Candidate, Pair
+from stages.core.settings import TrainConfig
 from stages.core.store import ArtifactWriter
 from stages.export import export_pairs
 from stages.offline.tiny_clip import build_tiny_clip
@@ -156,7 +158,7 @@ def test_a_few_steps_change_the_lora_weights_and_leave_the_base_alone(sampled_ru
     write_pairs(sampled_run, 1)
     samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
     trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
-                                train_cfg(max_steps=3), ModelConfig(model=str(tiny_model())), None,
+                                train_cfg(max_steps=3), ModelConfig(id=str(tiny_model())), None,
                                 sampled_run.path / "ckpt", None)
     lora_before, base_before = lora_and_base(trainer.model)
     assert lora_before and not any("visual" in n for n in lora_before)  # LoRA on the language model only
@@ -168,7 +170,7 @@ def test_a_few_steps_change_the_lora_weights_and_leave_the_base_alone(sampled_ru
 
 def test_reward_accuracy_rises_above_chance_and_the_log_is_queryable(sampled_run, tiny_model):
     write_pairs(sampled_run, 1)
-    result = dpo.run(sampled_run, 1, train_cfg(max_steps=12), ModelConfig(model=str(tiny_model())))
+    result = dpo.run(sampled_run, 1, train_cfg(max_steps=12), ModelConfig(id=str(tiny_model())))
     assert result.counts["final_reward_accuracy"] > 0.5 and result.counts["final_reward_margin"] > 0
     assert (sampled_run.round_dir(1) / "adapter" / "adapter_config.json").is_file()
     assert not (sampled_run.round_dir(1) / "adapter" / "ref").exists()  # only the trained adapter is saved
@@ -177,7 +179,7 @@ def test_reward_accuracy_rises_above_chance_and_the_log_is_queryable(sampled_run
     assert [s["step"] for s in steps] == list(range(1, 13))
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)  # a new adapter starts as the reference
     assert steps[-1]["loss"] < steps[0]["loss"]
-    again = dpo.run(sampled_run, 1, train_cfg(max_steps=12), ModelConfig(model=str(tiny_model())))
+    again = dpo.run(sampled_run, 1, train_cfg(max_steps=12), ModelConfig(id=str(tiny_model())))
     assert again.up_to_date
 
 
@@ -185,7 +187,7 @@ def test_the_video_really_conditions_the_loss(sampled_run, tiny_model, monkeypat
     write_pairs(sampled_run, 1, n=2)
     samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
     trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
-                                train_cfg(max_steps=4), ModelConfig(model=str(tiny_model())), None,
+                                train_cfg(max_steps=4), ModelConfig(id=str(tiny_model())), None,
                                 sampled_run.path / "ckpt", None)
     trainer.train()  # a trained adapter: with the initial one, policy = reference and the loss is log 2 anyway
     trainer.model.eval()
@@ -211,7 +213,7 @@ def test_the_video_really_conditions_the_loss(sampled_run, tiny_model, monkeypat
 def test_clip_weighted_loss_adds_the_grounding_margin(sampled_run, tiny_model):
     write_pairs(sampled_run, 1)
     result = dpo.run(sampled_run, 1, train_cfg(max_steps=2, loss="clip-weighted", clip_gamma=10.0),
-                     ModelConfig(model=str(tiny_model())))
+                     ModelConfig(id=str(tiny_model())))
     first = sampled_run.artifact("train_log", 1).read()[0]
     # Step 1: policy = reference, so Δ = 0 and L = -log σ(-γ·gap), with gap = 0.31 - 0.22.
     assert first.loss == pytest.approx(-math.log(1 / (1 + math.exp(10.0 * 0.09))), abs=1e-3)
@@ -221,7 +223,7 @@ def test_clip_weighted_loss_adds_the_grounding_margin(sampled_run, tiny_model):
 def test_rounds_chain_each_from_the_previous_policy(sampled_run, tiny_model):
     from safetensors.torch import load_file
 
-    mcfg = ModelConfig(model=str(tiny_model()))
+    mcfg = ModelConfig(id=str(tiny_model()))
     write_pairs(sampled_run, 1)
     with pytest.raises(SaviError, match="round 2 starts from the policy trained in round 1"):
         write_pairs(sampled_run, 2)
@@ -248,7 +250,7 @@ def test_rounds_chain_each_from_the_previous_policy(sampled_run, tiny_model):
 
 
 def test_dpo_refuses_clearly(sampled_run, tiny_model):
-    mcfg = ModelConfig(model=str(tiny_model()))
+    mcfg = ModelConfig(id=str(tiny_model()))
     with pytest.raises(SaviError, match=r"no pairs yet; run `savi filter --run t --round 1` first"):
         dpo.run(sampled_run, 1, train_cfg(), mcfg)
     writer = ArtifactWriter(sampled_run.artifact("pairs", 1), params={}, inputs={})
@@ -258,12 +260,12 @@ def test_dpo_refuses_clearly(sampled_run, tiny_model):
         dpo.run(sampled_run, 1, train_cfg(), mcfg)
     (sampled_run.path / "savi.toml").write_text('[model]\nid = "x"\n[dpo]\nlearning_rat = 1\n')
     with pytest.raises(SaviError, match="unknown setting learning_rat in \\[dpo\\]"):
-        dpo.resolve_config(sampled_run, {})
+        resolve(sampled_run, TrainConfig, {})
 
 
 def test_savi_toml_sets_training_defaults_and_flags_override(sampled_run):
     (sampled_run.path / "savi.toml").write_text("[dpo]\nlearning_rate = 1e-5\nlora_r = 32\n")
-    cfg = dpo.resolve_config(sampled_run, {"lora_r": 8, "beta": None})
+    cfg = resolve(sampled_run, TrainConfig, {"lora_r": 8, "beta": None})
     assert (cfg.learning_rate, cfg.lora_r, cfg.beta) == (1e-5, 8, 0.1)
 
 
@@ -273,7 +275,7 @@ def test_4bit_qlora_trains_on_cpu(sampled_run, tiny_model, caplog):
     write_pairs(sampled_run, 1, n=2)
     samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
     trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
-                                train_cfg(max_steps=2), ModelConfig(model=str(tiny_model()), load_in_4bit=True),
+                                train_cfg(max_steps=2), ModelConfig(id=str(tiny_model()), load_in_4bit=True),
                                 None, sampled_run.path / "ckpt", None)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.modules())
     assert "4-bit training without CUDA" in caplog.text
@@ -361,7 +363,7 @@ def test_the_default_dpo_step_keeps_the_frozen_vision_tower_out_of_autograd(samp
     assert defaults.four_bit and defaults.gradient_checkpointing
     trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
                                 dpo.TrainConfig(max_steps=1, batch_size=2, grad_accum=1),
-                                ModelConfig(model=str(tiny_model()), load_in_4bit=True, device="cpu"), None,
+                                ModelConfig(id=str(tiny_model()), load_in_4bit=True, device="cpu"), None,
                                 sampled_run.path / "ckpt", None)
     lora_before, _ = lora_and_base(trainer.model)
     needs_grad, saved = one_training_step_in_the_vision_tower(trainer)
@@ -377,7 +379,7 @@ def test_lora_weights_train_in_float32_on_a_4bit_base(sampled_run, tiny_model):
     samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
     trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
                                 train_cfg(max_steps=1, four_bit=True),
-                                ModelConfig(model=str(tiny_model()), load_in_4bit=True, device="cpu"), None,
+                                ModelConfig(id=str(tiny_model()), load_in_4bit=True, device="cpu"), None,
                                 sampled_run.path / "ckpt", None)
     trainable = [p for p in trainer.model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
@@ -387,7 +389,7 @@ def test_lora_dropout_applies_to_the_trained_adapter_only(sampled_run, tiny_mode
     write_pairs(sampled_run, 1, n=2)
     write_pairs(sampled_run, 2, n=2)
     samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
-    mcfg = ModelConfig(model=str(tiny_model()))
+    mcfg = ModelConfig(id=str(tiny_model()))
     dpo.run(sampled_run, 1, train_cfg(max_steps=1, lora_dropout=0.3), mcfg)
     # Round 2: a trained adapter and trl's frozen "ref" copy of it, which must score the same on every pass.
     trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 2).read(),
@@ -409,7 +411,7 @@ def test_dpo_scores_each_reply_as_the_model_writes_it_after_the_prompt_it_was_sa
     write_pairs(sampled_run, 1, n=2, prompt=user_turn)
     samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
     trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
-                                train_cfg(max_steps=1), ModelConfig(model=str(tiny_model(family))), None,
+                                train_cfg(max_steps=1), ModelConfig(id=str(tiny_model(family))), None,
                                 sampled_run.path / "ckpt", None)
     batch = trainer.data_collator([dict(r) for r in trainer.train_dataset])
     tokenizer = trainer.processing_class.tokenizer

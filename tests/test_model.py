@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from stages.core.config import read_config, settle_model
+from stages.core.config import read_config, resolve_model
 from stages.core.errors import SaviError
 from stages.core.model import Decoding, ModelConfig, Policy, adapter_for_round, load_video
 
@@ -26,15 +26,15 @@ def generate(policy, videos, temperature=0.0, max_new_tokens=12):
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
 def test_batched_generation_with_left_padding_equals_one_at_a_time(family, tiny_model, sampled_run):
     videos = videos_of(sampled_run)
-    batched = generate(Policy.load(ModelConfig(model=str(tiny_model(family)), batch_size=3)), videos)
-    single = generate(Policy.load(ModelConfig(model=str(tiny_model(family)), batch_size=1)), videos)
+    batched = generate(Policy.load(ModelConfig(id=str(tiny_model(family)), batch_size=3)), videos)
+    single = generate(Policy.load(ModelConfig(id=str(tiny_model(family)), batch_size=1)), videos)
     assert [g.text for g in batched] == [g.text for g in single]
     assert [g.num_tokens for g in batched] == [g.num_tokens for g in single]
     assert all(0 < g.num_tokens <= 12 for g in batched)
 
 
 def test_sampling_is_reproducible_per_item_key(tiny_model, sampled_run):
-    policy = Policy.load(ModelConfig(model=str(tiny_model()), batch_size=3))
+    policy = Policy.load(ModelConfig(id=str(tiny_model()), batch_size=3))
     videos = videos_of(sampled_run)
     first = generate(policy, videos, temperature=1.0)
     again = generate(policy, videos, temperature=1.0)
@@ -63,8 +63,8 @@ def test_the_round_2_policy_is_the_base_plus_round_1s_adapter(tiny_model, sample
     adapter = adapter_for_round(sampled_run, 2)
     assert adapter == sampled_run.round_dir(1) / "adapter"
     videos = videos_of(sampled_run)
-    base_out = generate(Policy.load(ModelConfig(model=str(tiny_model()))), videos)
-    policy = Policy.load(ModelConfig(model=str(tiny_model())), adapter)
+    base_out = generate(Policy.load(ModelConfig(id=str(tiny_model()))), videos)
+    policy = Policy.load(ModelConfig(id=str(tiny_model())), adapter)
     assert policy.name.endswith("+round=1")
     assert [g.text for g in generate(policy, videos)] != [g.text for g in base_out]
 
@@ -76,7 +76,7 @@ def test_sampling_ignores_the_decoding_defaults_a_checkpoint_ships(tiny_model, s
     # every sample the greedy reply, and its repetition penalty would apply everywhere.
     shipped = json.loads((tiny_model() / "generation_config.json").read_text())
     assert (shipped["top_k"], shipped["top_p"], shipped["repetition_penalty"]) == (1, 0.001, 1.05)
-    policy = Policy.load(ModelConfig(model=str(tiny_model()), batch_size=5))
+    policy = Policy.load(ModelConfig(id=str(tiny_model()), batch_size=5))
     video = videos_of(sampled_run)[0]
     samples = policy.generate([video] * 5, [PROMPTS[0]] * 5, keys=[f"s{k}" for k in range(5)],
                               decoding=Decoding(max_new_tokens=12, temperature=1.0))
@@ -87,8 +87,8 @@ def test_sampling_ignores_the_decoding_defaults_a_checkpoint_ships(tiny_model, s
 
 def test_an_items_sample_does_not_depend_on_its_batch(tiny_model, sampled_run):
     videos = videos_of(sampled_run)
-    together = generate(Policy.load(ModelConfig(model=str(tiny_model()), batch_size=3)), videos, temperature=1.0)
-    alone = generate(Policy.load(ModelConfig(model=str(tiny_model()), batch_size=1)), videos, temperature=1.0)
+    together = generate(Policy.load(ModelConfig(id=str(tiny_model()), batch_size=3)), videos, temperature=1.0)
+    alone = generate(Policy.load(ModelConfig(id=str(tiny_model()), batch_size=1)), videos, temperature=1.0)
     assert together == alone
 
 
@@ -96,7 +96,7 @@ def test_out_of_memory_halves_the_batch_after_freeing_the_failed_one_and_samples
         tiny_model, sampled_run, monkeypatch):
     import weakref
 
-    policy = Policy.load(ModelConfig(model=str(tiny_model()), batch_size=3))
+    policy = Policy.load(ModelConfig(id=str(tiny_model()), batch_size=3))
     videos = videos_of(sampled_run)
     expected = generate(policy, videos, temperature=1.0)
     real = Policy._generate_batch
@@ -132,7 +132,7 @@ def test_4bit_loads_and_generates_on_cpu_with_a_warning(tiny_model, sampled_run,
     import bitsandbytes as bnb
 
     with caplog.at_level(logging.WARNING, logger="savi"):
-        policy = Policy.load(ModelConfig(model=str(tiny_model()), load_in_4bit=True, device="cpu"))
+        policy = Policy.load(ModelConfig(id=str(tiny_model()), load_in_4bit=True, device="cpu"))
     assert "4-bit without CUDA runs on bitsandbytes' CPU kernels" in caplog.text
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.model.modules())
     outputs = generate(policy, videos_of(sampled_run))
@@ -143,7 +143,7 @@ def test_4bit_loads_and_generates_on_cpu_with_a_warning(tiny_model, sampled_run,
 def test_4bit_quantises_the_language_model_only(family, tiny_model):
     import bitsandbytes as bnb
 
-    model = Policy.load(ModelConfig(model=str(tiny_model(family)), load_in_4bit=True, device="cpu")).model
+    model = Policy.load(ModelConfig(id=str(tiny_model(family)), load_in_4bit=True, device="cpu")).model
     quantised = [name for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantised and all(".language_model." in name for name in quantised)
     vision = [m for name, m in model.named_modules()
@@ -160,7 +160,7 @@ def test_every_4bit_layer_fits_the_avx512_bf16_repacking_of_bitsandbytes(family,
     import bitsandbytes as bnb
     from bitsandbytes.functional import _convert_weight_packed_for_cpu
 
-    model = Policy.load(ModelConfig(model=str(tiny_model(family)), load_in_4bit=True, device="cpu")).model
+    model = Policy.load(ModelConfig(id=str(tiny_model(family)), load_in_4bit=True, device="cpu")).model
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     for layer in layers:
         packed, state = _convert_weight_packed_for_cpu(layer.weight.data.clone(),
@@ -181,35 +181,37 @@ def test_a_reasoning_checkpoint_is_refused(tiny_model, tmp_path):
         generation_prompt, "{{- '<|im_start|>assistant\\n<think>\\n' }}")
     (folder / "chat_template.json").write_text(json.dumps(template))
     with pytest.raises(SaviError, match=r"reasoning \('Thinking'\) checkpoint.*Instruct variant"):
-        Policy.load(ModelConfig(model=str(folder)))
+        Policy.load(ModelConfig(id=str(folder)))
 
 
 def test_an_unknown_model_is_one_clear_error(tmp_path):
     with pytest.raises(SaviError, match=r"cannot load model '.*nowhere'.*savi tiny-model DIR"):
-        Policy.load(ModelConfig(model=str(tmp_path / "nowhere")))
+        Policy.load(ModelConfig(id=str(tmp_path / "nowhere")))
 
 
 def test_asking_for_a_gpu_without_one_is_a_clear_error(tiny_model):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(SaviError, match="CUDA is not available here; use --device cpu"):
-        Policy.load(ModelConfig(model=str(tiny_model()), device="cuda"))
+        Policy.load(ModelConfig(id=str(tiny_model()), device="cuda"))
 
 
 def test_a_run_keeps_one_model(sampled_run, tiny_model):
     folder = str(tiny_model())
-    assert settle_model(sampled_run, folder, "default/model") == folder
+    cfg = resolve_model(sampled_run, {"id": folder})
+    assert cfg.id == folder and "model" not in read_config(sampled_run)  # recorded once it has loaded
+    Policy.load(cfg, run=sampled_run)
     assert read_config(sampled_run)["model"]["id"] == folder
-    assert settle_model(sampled_run, None, "default/model") == folder
+    assert resolve_model(sampled_run, {"id": None}).id == folder
     with pytest.raises(SaviError, match=r"run 't' aligns .* start a new run for 'other/model'"):
-        settle_model(sampled_run, "other/model", "default/model")
+        resolve_model(sampled_run, {"id": "other/model"})
 
 
 def test_score_labels_is_the_log_probability_of_each_labels_first_token(tiny_model, sampled_run):
     videos = videos_of(sampled_run)
     labels = [[("A",), ("B",), ("C",)], [("yes", "Yes"), ("no", "No")], [("A",), ("B",)]]
-    batched = Policy.load(ModelConfig(model=str(tiny_model()), batch_size=3)).score_labels(videos, PROMPTS, labels)
-    policy = Policy.load(ModelConfig(model=str(tiny_model()), batch_size=1))
+    batched = Policy.load(ModelConfig(id=str(tiny_model()), batch_size=3)).score_labels(videos, PROMPTS, labels)
+    policy = Policy.load(ModelConfig(id=str(tiny_model()), batch_size=1))
     single = policy.score_labels(videos, PROMPTS, labels)
     assert [len(s) for s in batched] == [3, 2, 2]
     assert torch.allclose(torch.tensor(sum(batched, [])), torch.tensor(sum(single, [])), atol=1e-4)
@@ -226,6 +228,6 @@ def test_score_labels_is_the_log_probability_of_each_labels_first_token(tiny_mod
 
 
 def test_labels_that_share_a_first_token_are_refused(tiny_model, sampled_run):
-    policy = Policy.load(ModelConfig(model=str(tiny_model())))
+    policy = Policy.load(ModelConfig(id=str(tiny_model())))
     with pytest.raises(SaviError, match="share first tokens.*--mode generate"):
         policy.score_labels(videos_of(sampled_run)[:1], PROMPTS[:1], [[("A",), ("A",)]])

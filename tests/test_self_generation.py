@@ -23,7 +23,7 @@ FAST = {"max_new_tokens": 24}
 
 
 def model_cfg(tiny_model, family="qwen2_5_vl", **kw):
-    return ModelConfig(model=str(tiny_model(family)), batch_size=4, **kw)
+    return ModelConfig(id=str(tiny_model(family)), batch_size=4, **kw)
 
 
 def run_chain(run, mcfg, round=1, per_video=4):

@@ -26,26 +26,18 @@ def demo(
     from stages import demo as demo_stage
     from stages import report as report_stage
     from stages import round as round_stage
-    from stages.core.query import run_query
     from stages.core.store import open_run
 
     say = lambda text: typer.echo(text, err=True)  # noqa: E731
     result = demo_stage.run(folder, say=say,
                             progress=lambda stage, unit: lambda total: progress_bar(total, stage, unit))
     workspace = result.workspace
-    columns, rows = run_query(
-        "select regexp_extract(path, '[^/]+$') as video, status, coalesce(error, '') as error, rotation, "
-        "width || 'x' || height as size, len(frame_indices) as frames from samples order by status desc, video",
-        workspace)
     typer.echo(f"\nSampled videos ({result.samples.path}):\n")
-    typer.echo(format_table(columns, rows))
+    typer.echo(format_table(*demo_stage.sampled_videos(workspace)))
     for summary in result.rounds.values():
         typer.echo("\n".join(round_stage.describe(summary)) + "\n")
-    columns, rows = run_query("select p.round, q.kind, q.text as question, p.chosen, p.chosen_clip, "
-                              "p.rejected_clip from pairs p join questions q using (question_id, run, round) "
-                              "where p.kept order by p.round, p.pair_id limit 3", workspace)
     typer.echo("A few kept pairs (chosen preferred over rejected; CLIP scores of each):\n")
-    typer.echo(format_table(columns, rows))
+    typer.echo(format_table(*demo_stage.some_kept_pairs(workspace)))
 
     run = open_run(demo_stage.RUN_NAME, workspace)
     report = report_stage.build(run)

@@ -1,27 +1,18 @@
-import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
-from savi_cli.common import model_config
 from savi_cli.errors import user_errors
-from savi_cli.options import (
-    BatchSizeOpt,
-    DeviceOpt,
-    DtypeOpt,
-    ForceOpt,
-    Load4bitOpt,
-    ModelOpt,
-    WorkspaceOpt,
-)
-from savi_cli.pipes import DEFAULT_RUN
+from savi_cli.options import ForceOpt, WorkspaceOpt, with_settings
 from savi_cli.progress import progress_bar
+from stages.core.settings import EvalConfig, ModelConfig
 
 BENCHMARK_NAMES = "egoschema, mvbench, nextqa, perceptiontest, tempcompass, longvideobench, videomme"
 
 
 @user_errors
+@with_settings(EvalConfig, ModelConfig, skip=("ModelConfig.seed",))  # greedy: nothing is sampled
 def eval_command(
     benchmark: Annotated[str, typer.Argument(help=f"Benchmark: {BENCHMARK_NAMES}.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", "-d", help="The benchmark as downloaded: its folder (or "
@@ -35,27 +26,10 @@ def eval_command(
                                                    "[default: the benchmark's usual one]")] = None,
     videos: Annotated[Path | None, typer.Option(help="Folder of the videos, if not where the benchmark's layout "
                                                      "puts them under --data.")] = None,
-    mode: Annotated[Literal["likelihood", "generate"] | None, typer.Option(
-        show_default="likelihood",
-        help="likelihood: score each option's label (never unparsed). generate: write a reply and parse it.")] =
-    None,
-    frames: Annotated[int | None, typer.Option(min=1, show_default="32", help="Frames sampled per question.")] =
-    None,
-    max_side: Annotated[int | None, typer.Option(min=16, show_default="448",
-                                                 help="Longest frame side in pixels.")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
-    allow_missing: Annotated[bool | None, typer.Option(
-        "--allow-missing/--no-allow-missing", show_default="off",
-        help="Evaluate the questions whose video exists, instead of stopping at missing videos.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(min=1, show_default="16",
-                                                       help="Longest reply in generate mode.")] = None,
-    model: ModelOpt = None,
-    load_in_4bit: Load4bitOpt = None,
-    batch_size: BatchSizeOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
+    *,
+    settings: dict,
 ) -> None:
     """Evaluate a round's model on a video QA benchmark, read in its real published layout.
 
@@ -69,25 +43,16 @@ def eval_command(
         savi eval egoschema --data ~/data/egoschema --run kitchen --round 1
     """
     from stages import eval as eval_stage
-    from stages.core.config import resolve
-    from stages.core.store import existing_run, open_run
+    from stages.core.config import resolve, resolve_model
 
-    if run is None and model is not None:
-        the_run = open_run("eval-" + re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/").split("/")[-1]), workspace)
-    elif model is None:
-        the_run = existing_run(run or DEFAULT_RUN, workspace)
-    else:
-        the_run = open_run(run, workspace)
+    the_run = eval_stage.run_to_evaluate(run, settings[ModelConfig]["id"], workspace)
     if round is None:
         round = eval_stage.latest_trained_round(the_run)
     source = eval_stage.BenchmarkSource(benchmark, data, split, videos)
-    cfg = resolve(the_run, "eval", eval_stage.EvalConfig, dict(
-        mode=mode, frames=frames, max_side=max_side, limit=limit, allow_missing=allow_missing,
-        max_new_tokens=max_new_tokens))
+    cfg = resolve(the_run, EvalConfig, settings[EvalConfig])
     with the_run.lock():
-        outcome = eval_stage.run(the_run, round, source, cfg,
-                                 model_config(the_run, model=model, load_in_4bit=load_in_4bit, dtype=dtype,
-                                              device=device, batch_size=batch_size), force=force,
+        outcome = eval_stage.run(the_run, round, source, cfg, resolve_model(the_run, settings[ModelConfig]),
+                                 force=force,
                                  progress=lambda total: progress_bar(total, f"eval {benchmark}", "question"))
     s = outcome.summary
     accuracy = "n/a (answers hidden)" if s["accuracy"] is None else \

@@ -1,29 +1,21 @@
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from savi_cli.errors import user_errors
-from savi_cli.options import (
-    BatchSizeOpt,
-    DeviceOpt,
-    DtypeOpt,
-    Load4bitOpt,
-    ModelOpt,
-    SeedOpt,
-    WorkspaceOpt,
-)
-from savi_cli.pipes import DEFAULT_RUN
+from savi_cli.options import WorkspaceOpt, with_settings
 from savi_cli.progress import progress_bar
+from stages.core.settings import ModelConfig
 
 
 @user_errors
+@with_settings(ModelConfig)
 def round_command(
     round: Annotated[int, typer.Argument(min=1, help="The round to run (round R trains on M(R-1)'s own data).",
                                          show_default=False)],
     run: Annotated[str, typer.Option("--run", "-r", help="Name of the run (sampled with `savi sample`).")] =
-    DEFAULT_RUN,
-    settings: Annotated[list[str] | None, typer.Option(
+    "default",
+    overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Override one setting of savi.toml, as SECTION.KEY=VALUE (repeatable): dpo.beta=0.2, "
                       "answer.candidates=5, critique.mode=judge.")] = None,
     evals: Annotated[list[str] | None, typer.Option(
@@ -32,13 +24,9 @@ def round_command(
     redo: Annotated[str | None, typer.Option(
         help="Redo this stage and every later one (ask, answer, critique, filter, dpo, eval), e.g. after "
              "changing its settings; the earlier stages are kept.")] = None,
-    model: ModelOpt = None,
-    load_in_4bit: Load4bitOpt = None,
-    batch_size: BatchSizeOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
     workspace: WorkspaceOpt = None,
+    *,
+    settings: dict,
 ) -> None:
     """Run a whole round: ask, answer, critique, filter, dpo, then eval of the new policy.
 
@@ -53,28 +41,19 @@ def round_command(
         savi round 2 --run kitchen --eval egoschema=~/data/egoschema --set dpo.beta=0.2
     """
     from stages import round as round_stage
-    from stages.core.errors import SaviError
     from stages.core.store import existing_run
-    from stages.eval import BenchmarkSource
 
     the_run = existing_run(run, workspace)
-    overrides: dict = {}
-    for text in settings or []:
+    sections: dict = {ModelConfig.SECTION: settings[ModelConfig]}
+    for text in overrides or []:
         section, key, value = round_stage.parse_override(text)
-        overrides.setdefault(section, {})[key] = value
-    overrides.setdefault("model", {}).update(model=model, load_in_4bit=load_in_4bit, batch_size=batch_size,
-                                             seed=seed, device=device, dtype=dtype)
-    sources = []
-    for text in evals or []:
-        name, sep, path = text.partition("=")
-        if not sep or not name or not path:
-            raise SaviError(f"--eval {text!r}: expected NAME=PATH, e.g. egoschema=~/data/egoschema")
-        sources.append(BenchmarkSource(name.strip(), Path(path.strip()).expanduser()))
-    cfg = round_stage.resolve_round(the_run, overrides, sources)
+        sections.setdefault(section, {})[key] = value
+    sources = [round_stage.parse_benchmark(text) for text in evals or []]
+    cfg = round_stage.resolve_round(the_run, sections, sources)
     say = lambda text: typer.echo(text, err=True)  # noqa: E731
     with the_run.lock():
         summary = round_stage.run_round(the_run, round, cfg, redo=redo, say=say,
-                                     progress=lambda stage, unit: lambda total: progress_bar(total, stage, unit))
+                                        progress=lambda stage, unit: lambda total: progress_bar(total, stage, unit))
     for line in round_stage.describe(summary):
         typer.echo(line, err=True)
     typer.echo(str(summary.stages["dpo"].path))

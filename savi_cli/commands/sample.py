@@ -3,24 +3,21 @@ from typing import Annotated
 import typer
 
 from savi_cli.errors import user_errors
-from savi_cli.options import ForceOpt, RunOpt, WorkersOpt, WorkspaceOpt
+from savi_cli.options import ForceOpt, RunOpt, WorkspaceOpt, with_settings
 from savi_cli.progress import progress_bar
+from stages.core.settings import SampleConfig
 
 
 @user_errors
+@with_settings(SampleConfig)
 def sample(
     videos: Annotated[list[str], typer.Argument(help="Video files, folders (searched recursively), text files "
                                                      "listing paths (.txt), or - to read paths from stdin.")],
     run: RunOpt = "default",
-    frames: Annotated[int | None, typer.Option(min=1, show_default="32",
-                                               help="Frames per video (uniform segment midpoints).")] = None,
-    fps: Annotated[float | None, typer.Option(min=0.001, help="Sample at this rate instead, at most --frames "
-                                                              "frames.")] = None,
-    max_side: Annotated[int | None, typer.Option(min=16, show_default="448",
-                                                 help="Resize so the longer side is at most this.")] = None,
-    workers: WorkersOpt = None,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
+    *,
+    settings: dict,
 ) -> None:
     """Decode frames from videos into a run, once, for every later stage and round.
 
@@ -39,8 +36,7 @@ def sample(
     if videos == ["-"]:
         videos = [line.strip() for line in typer.get_text_stream("stdin") if line.strip()]
     the_run = open_run(run, workspace)
-    cfg = resolve(the_run, "sample", sample_stage.SampleConfig,
-                  dict(frames=frames, fps=fps, max_side=max_side, workers=workers))
+    cfg = resolve(the_run, SampleConfig, settings[SampleConfig])
     with the_run.lock():
         result = sample_stage.run(the_run, videos, cfg, force=force,
                                   progress=lambda total: progress_bar(total, "sample", "video"))

@@ -59,51 +59,21 @@ Which model and weights a `ClipConfig` names, and how they are found offline: `s
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stages.core import clip_weights
-from stages.core.clip_weights import DEFAULT_CLIP, DEFAULT_WEIGHTS
 from stages.core.errors import SaviError
+from stages.core.model import resolve_device
 from stages.core.records import Sample
-from stages.core.store import Run, atomic_path, fingerprint, write_json
+from stages.core.settings import ClipConfig
+from stages.core.store import Run, atomic_path, fingerprint, slug, write_json
 
-POOLINGS = ("mean", "max", "topk")
-TEXT_POOLINGS = ("mean", "max")
 CACHE_FORMAT = 1  # bump when the cached embeddings change meaning; it is part of the key
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*\n+\s*")
-
-
-@dataclass(frozen=True)
-class ClipConfig:
-    model: str = DEFAULT_CLIP
-    """open_clip model name (e.g. ViT-B-32), or local-dir:DIR (open_clip folder layout), or hf-hub:ORG/REPO."""
-    weights: str = DEFAULT_WEIGHTS
-    """Pretrained tag, weights file, local-dir:DIR, or random. Ignored (folder's own) for a local-dir: model."""
-    pooling: str = "mean"
-    """Per-frame cosines to one score per segment: mean (robust to one odd frame), max, or topk (mean of top k)."""
-    topk: int = 4
-    """k for pooling=topk (capped at the number of frames)."""
-    text_pooling: str = "mean"
-    """Segment scores of a long text to one score: mean (every claim counts) or max."""
-    device: str = "auto"
-    """auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps."""
-    batch_size: int = 32
-    """Frames or text segments per forward pass."""
-
-    def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise SaviError(f"unknown CLIP pooling {self.pooling!r}: use one of {', '.join(POOLINGS)}")
-        if self.text_pooling not in TEXT_POOLINGS:
-            raise SaviError(f"unknown CLIP text pooling {self.text_pooling!r}: use one of {', '.join(TEXT_POOLINGS)}")
-        if self.topk < 1:
-            raise SaviError(f"CLIP topk must be at least 1, got {self.topk}")
-        if self.batch_size < 1:
-            raise SaviError(f"CLIP batch size must be at least 1, got {self.batch_size}")
 
 
 class ClipScorer:
@@ -128,7 +98,7 @@ class ClipScorer:
         """Resolve the model and weights (offline first), create the model in eval mode on the device."""
         import torch
 
-        device = _resolve_device(cfg.device)
+        device = torch.device(resolve_device(cfg.device))
         source = clip_weights.resolve(cfg.model, cfg.weights)
         model, preprocess = clip_weights.create(source)
         model = model.to(device).eval()
@@ -139,7 +109,7 @@ class ClipScorer:
         preprocess_cfg = {k: list(v) if isinstance(v, tuple) else v
                           for k, v in dict(getattr(model.visual, "preprocess_cfg", {})).items()}
         identity = {**source.identity, "preprocess": preprocess_cfg, "format": CACHE_FORMAT}
-        key = f"{_slug(source.label)}-{fingerprint(identity)[:12]}"
+        key = f"{slug(source.label) or 'clip'}-{fingerprint(identity)[:12]}"
         info = {"model": cfg.model, "weights": cfg.weights, "identity": identity, "embed_dim": int(probe.shape[-1]),
                 "context_length": context_length}
         return cls(cfg, model, preprocess, tokenizer, device, key, info)
@@ -318,21 +288,3 @@ def pooled_score(frames: np.ndarray, text: np.ndarray, pooling: str = "mean", to
 def split_sentences(text: str) -> list[str]:
     """Sentences: split after . ! ? followed by whitespace, and at line breaks. Empty pieces are dropped."""
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
-
-
-def _resolve_device(device: str) -> Any:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise SaviError(f"unknown device {device!r} for CLIP: use auto, cpu, cuda, cuda:N or mps") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise SaviError(f"device {device!r} asked for CLIP, but no CUDA GPU is available; use --device cpu or auto")
-    return resolved
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:48] or "clip"

@@ -1,8 +1,9 @@
-"""A run's resolved configuration, `<run>/savi.toml`.
+"""A run's resolved configuration, `<run>/savi.toml`: one section per settings class of `stages/core/settings.py`.
 
-Every stage that uses the policy model must use the same one, or the rounds stop being versions of one model.
-So the first model-using command of a run records its model settings here, later commands take them as their
-defaults, and a command that names a different model is refused.
+A stage's settings are, in order of precedence: the flags given, then the section of the run's savi.toml, then
+the declared defaults. Every stage that uses the policy model must use the same one, or the rounds stop being
+versions of one model: so the model is settled once per command (`resolve_model`), the first command of a run
+records it, and a command that names another is refused.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from stages.core.errors import SaviError
+from stages.core.settings import ModelConfig
 from stages.core.store import Run, atomic_path
 
 CONFIG_NAME = "savi.toml"
+Settings = TypeVar("Settings")
 
 
 def read_config(run: Run) -> dict[str, Any]:
@@ -39,28 +42,11 @@ def update_config(run: Run, section: str, values: dict[str, Any]) -> None:
         tmp.write_text(tomli_w.dumps(config))
 
 
-def settle_model(run: Run, requested: str | None, default: str) -> str:
-    """The run's policy model: recorded by the first command that uses one; later commands must agree.
-
-    `requested` is what the user passed (None when not given). Quantisation and batch size are not part of
-    this: they change speed and memory, not which model the run is aligning.
-    """
-    if requested is not None and Path(requested).exists():
-        requested = str(Path(requested).resolve())  # a local folder must still be found from another directory
-    recorded = read_config(run).get("model", {}).get("id")
-    if requested is not None and recorded is not None and requested != recorded:
-        raise SaviError(f"run '{run.name}' aligns {recorded!r} (see {run.path / CONFIG_NAME}); every stage of a "
-                        f"run uses the same policy, so start a new run for {requested!r}")
-    model = recorded or requested or default
-    if recorded is None:
-        update_config(run, "model", {"id": model})
-    return model
-
-
-def resolve(run: Run, section: str, config_class: type, flags: dict[str, Any] | None = None) -> Any:
-    """A stage's settings: the dataclass defaults, then `[section]` of the run's savi.toml, then the flags given
-    (None: not given). Unknown keys in the file are an error, so a typo never passes silently."""
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
+def resolve(run: Run, settings: type[Settings], flags: dict[str, Any] | None = None) -> Settings:
+    """A settings class filled in: the declared defaults, then its section of the run's savi.toml, then the flags
+    given (None: not given). Unknown keys in the file are an error, so a typo never passes silently."""
+    section = settings.SECTION
+    fields = {f.name: f for f in dataclasses.fields(settings)}
     from_file = read_config(run).get(section, {})
     if not isinstance(from_file, dict):
         raise SaviError(f"[{section}] of {run.path / CONFIG_NAME} must be a table of settings")
@@ -76,22 +62,32 @@ def resolve(run: Run, section: str, config_class: type, flags: dict[str, Any] | 
     # TOML has arrays where the dataclasses have tuples (hashable, so configs can be compared and fingerprinted).
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
-        return config_class(**values)
+        return settings(**values)
     except TypeError as e:
         raise SaviError(f"bad settings for [{section}]: {e}") from None
 
 
-def resolve_model(run: Run, flags: dict[str, Any] | None = None) -> Any:
-    """ModelConfig from `[model]` of savi.toml (where the model itself is `id`) and the flags given."""
-    from stages.core.model import ModelConfig
+def resolve_model(run: Run, flags: dict[str, Any] | None = None) -> ModelConfig:
+    """The run's model settings, settled: `id` is the run's model (the one its savi.toml records), else the one
+    named, else the default.
 
-    section = dict(read_config(run).get("model", {}))
-    if "id" in section:
-        section["model"] = section.pop("id")
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(section) - fields)
-    if unknown:
-        raise SaviError(f"unknown setting {', '.join(unknown)} in [model] of {run.path / CONFIG_NAME}; "
-                        f"known: id, {', '.join(sorted(fields - {'model'}))}")
-    given = {k: v for k, v in (flags or {}).items() if v is not None}
-    return ModelConfig(**{**section, **given})
+    A local folder is named by its absolute path, so it is found from any directory; another id than the recorded
+    one is refused. Quantisation, batch size and the rest may change from command to command: they change speed
+    and memory, not which model the run is aligning. The model is recorded once it has loaded (`remember_model`).
+    """
+    flags = dict(flags or {})
+    requested = flags.get("id")
+    if requested is not None and Path(requested).exists():
+        flags["id"] = requested = str(Path(requested).resolve())
+    recorded = read_config(run).get(ModelConfig.SECTION, {}).get("id")
+    if requested is not None and recorded is not None and requested != recorded:
+        raise SaviError(f"run '{run.name}' aligns {recorded!r} (see {run.path / CONFIG_NAME}); every stage of a "
+                        f"run uses the same policy, so start a new run for {requested!r}")
+    return resolve(run, ModelConfig, flags)
+
+
+def remember_model(run: Run, model_id: str) -> None:
+    """Record the run's model, if it has none yet: called once a model has loaded for the run, so a command that
+    fails before that leaves no trace."""
+    if read_config(run).get(ModelConfig.SECTION, {}).get("id") is None:
+        update_config(run, ModelConfig.SECTION, {"id": model_id})

@@ -11,3 +11,9 @@ class SaviError(Exception):
         if not message:
             raise ValueError("SaviError needs a message")
         super().__init__(message)
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type when it has none), for a one-line error."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]

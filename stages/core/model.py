@@ -26,28 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from stages.core.errors import SaviError
+from stages.core.config import remember_model
+from stages.core.errors import SaviError, first_line
 from stages.core.records import Sample
+from stages.core.settings import ModelConfig
 from stages.core.store import Run, file_sha256, fingerprint
 from stages.core.video import load_frames
 
-DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 log = logging.getLogger("savi")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    model: str | None = None
-    """Hub id or local folder of the base model; None: the run's model (see config.settle_model)."""
-    load_in_4bit: bool = False
-    """Load the base weights in 4-bit NF4 (bitsandbytes)."""
-    dtype: str = "auto"
-    """auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32."""
-    device: str = "auto"
-    """auto (cuda if available), cpu, cuda or cuda:N."""
-    batch_size: int = 4
-    """Prompts generated together; halved automatically on CUDA out-of-memory."""
-    seed: int = 0
 
 
 @dataclass
@@ -156,7 +142,7 @@ def load_adapter(model: Any, adapter: Path, *, trainable: bool = False) -> Any:
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
     except Exception as e:  # peft, safetensors and huggingface_hub each raise their own kinds
         round_dir = adapter.parent  # <run>/round=<r>/adapter
-        raise SaviError(f"cannot load the adapter in {adapter} ({type(e).__name__}: {_first_line(e)}); it is "
+        raise SaviError(f"cannot load the adapter in {adapter} ({type(e).__name__}: {first_line(e)}); it is "
                         f"damaged: redo it with `savi dpo --run {round_dir.parent.name} --round "
                         f"{round_dir.name.removeprefix('round=')} --force`") from None
 
@@ -171,13 +157,13 @@ class Policy:
     @property
     def name(self) -> str:
         """How rows record the model: the base id, plus the adapter that was on it."""
-        return self.cfg.model if self.adapter is None else f"{self.cfg.model}+{self.adapter.parent.name}"
+        return self.cfg.id if self.adapter is None else f"{self.cfg.id}+{self.adapter.parent.name}"
 
     @classmethod
-    def load(cls, cfg: ModelConfig, adapter: Path | None = None) -> Policy:
+    def load(cls, cfg: ModelConfig, adapter: Path | None = None, *, run: Run | None = None) -> Policy:
         import torch
 
-        model, processor = load_model(cfg)
+        model, processor = load_model(cfg, run=run)
         if adapter is not None:
             model = load_adapter(model, adapter)
         model.eval()
@@ -228,20 +214,9 @@ class Policy:
         return results
 
     def _inputs(self, videos: Sequence[Video], prompts: Sequence[str]) -> Any:
-        from transformers.video_utils import VideoMetadata
-
         texts = [self.processor.apply_chat_template(chat(prompt), tokenize=False, add_generation_prompt=True)
                  for prompt in prompts]
-        return self.processor(
-            text=texts,
-            videos=[v.frames for v in videos],
-            video_metadata=[VideoMetadata(total_num_frames=v.total_frames, fps=v.fps, frames_indices=v.indices)
-                            for v in videos],
-            do_sample_frames=False,  # the frames were chosen by `savi sample`; the processor must not resample
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-        ).to(self.model.device)
+        return processor_inputs(self.processor, videos, texts).to(self.model.device)
 
     def _generate_batch(self, videos, prompts, keys, decoding: Decoding) -> list[Generation]:
         import torch
@@ -351,14 +326,13 @@ def _unless_out_of_memory(run_batch: Callable[..., list[Any]], *args: Any) -> li
     return None
 
 
-def load_model(cfg: ModelConfig, *, training: bool = False) -> tuple[Any, Any]:
-    """The model and processor of `cfg`, loaded once for inference and training alike.
+def load_model(cfg: ModelConfig, *, training: bool = False, run: Run | None = None) -> tuple[Any, Any]:
+    """The model and processor of `cfg`, loaded once for inference and training alike; `run`, if given, then
+    records it as its model.
 
     In 4-bit, only the language model's linear layers are quantised (`quantization_config`). The checkpoint's shipped
     decoding defaults are dropped (see `Decoding`). Reasoning ("Thinking") checkpoints are refused.
     """
-    if cfg.model is None:
-        raise ValueError("ModelConfig.model must be resolved before loading")
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     quiet_transformers()
@@ -373,15 +347,17 @@ def load_model(cfg: ModelConfig, *, training: bool = False) -> tuple[Any, Any]:
     if device.startswith("cuda"):
         kwargs["device_map"] = {"": device}
     try:
-        processor = AutoProcessor.from_pretrained(cfg.model)
-        refuse_reasoning_checkpoint(processor, cfg.model)
-        model = AutoModelForImageTextToText.from_pretrained(cfg.model, **kwargs)
+        processor = AutoProcessor.from_pretrained(cfg.id)
+        refuse_reasoning_checkpoint(processor, cfg.id)
+        model = AutoModelForImageTextToText.from_pretrained(cfg.id, **kwargs)
     except (OSError, ValueError, KeyError) as e:
-        raise SaviError(f"cannot load model {cfg.model!r}: {_first_line(e)}. Pass a local model folder "
+        raise SaviError(f"cannot load model {cfg.id!r}: {first_line(e)}. Pass a local model folder "
                         "(`savi tiny-model DIR` makes one) or a Hub id of a video chat model") from None
     if not device.startswith("cuda") and not cfg.load_in_4bit:
         model = model.to(device)
     drop_shipped_decoding(model)
+    if run is not None:
+        remember_model(run, cfg.id)
     return model, processor
 
 
@@ -429,6 +405,24 @@ def pending_batches(items: Sequence[Any], size: int, done: Callable[[Any], bool]
             yield batch
 
 
+def processor_inputs(processor: Any, videos: Sequence[Video], texts: Sequence[str]) -> Any:
+    """The processor's tensors for rendered chat texts and their videos, left-padded: one call for generation,
+    scoring and training alike."""
+    from transformers.video_utils import VideoMetadata
+
+    return processor(
+        text=list(texts),
+        videos=[v.frames for v in videos],
+        video_metadata=[VideoMetadata(total_num_frames=v.total_frames, fps=v.fps, frames_indices=v.indices)
+                        for v in videos],
+        do_sample_frames=False,  # the frames were chosen by `savi sample`; the processor must not resample
+        padding=True,
+        padding_side="left",
+        add_special_tokens=False,  # the chat template already has them
+        return_tensors="pt",
+    )
+
+
 def chat(prompt: str) -> list[dict[str, Any]]:
     """One user turn: the video, then the prompt (the order VideoSAVi and the model cards use)."""
     return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
@@ -449,11 +443,16 @@ def batch_seed(seed: int, key: str) -> int:
 
 
 def resolve_device(device: str) -> str:
+    """auto: cuda if available, else cpu. Any other device torch knows (cpu, cuda, cuda:N, mps), if it is here."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise SaviError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if kind == "cuda" and not torch.cuda.is_available():
         raise SaviError(f"--device {device} asked for a GPU, but CUDA is not available here; use --device cpu")
     return device
 
@@ -493,8 +492,3 @@ def _stop_ids(model: Any, processor: Any) -> set[int]:
         if token_id is not None:
             ids.add(token_id)
     return ids
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]

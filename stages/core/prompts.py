@@ -28,10 +28,10 @@ from pathlib import Path
 
 from stages.core.errors import SaviError
 from stages.core.parsing import NO_ERRORS
+from stages.core.settings import KINDS
 
 PROMPTS_DIR = Path(__file__).with_name("prompts")
 PROMPT_NAMES = ("ask", "answer", "critique", "judge")
-KINDS = ("spatial", "temporal", "what", "why", "how")
 
 # The fields each stage passes to each of its templates. A template must use exactly these: an unknown field
 # could never be filled in, and a missing one (a revise prompt without {critique}) would quietly ask the model

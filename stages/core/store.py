@@ -28,11 +28,12 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages import __version__
 from stages.core.errors import SaviError
 from stages.core.records import SCHEMA_METADATA_KEY, TABLES, TableSpec, from_arrow, to_arrow, upgrade
 
 DEFAULT_WORKSPACE = "runs"
+DEFAULT_RUN = "default"  # the run a command works on when none is named
 ITEMS_METADATA_KEY = b"savi.empty_items"
 
 
@@ -64,6 +65,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces `path` in one rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -92,6 +107,12 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 def code_version() -> str:
     """The savi version plus, in a git checkout, the commit (with `+dirty` for uncommitted changes)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("savi")
+    except PackageNotFoundError:  # a source tree put on the path without installing it
+        release = "unknown"
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=10", "HEAD"],
@@ -99,14 +120,19 @@ def code_version() -> str:
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return __version__
+        return release
     if not sha:
-        return __version__
-    return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
+        return release
+    return f"{release}+g{sha}{'.dirty' if dirty else ''}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Workspace, runs and artifacts
+
+
+def slug(text: str, limit: int = 48) -> str:
+    """`text` as a file-name-safe word (letters, digits, '.', '_' and '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:limit]
 
 
 def workspace_root(workspace: str | Path | None = None) -> Path:
@@ -123,6 +149,15 @@ def round_of(path: Path) -> int | None:
             with contextlib.suppress(ValueError):
                 return int(folder.name.removeprefix(ROUND_PREFIX))
     return None
+
+
+def locate(table: Path) -> tuple[Run, int | None]:
+    """The run and round of a table path a stage printed (`<run>/[round=<r>/]<table>.parquet`)."""
+    in_round = table.parent.name.startswith(ROUND_PREFIX)
+    run_dir = table.parent.parent if in_round else table.parent
+    if table.suffix != ".parquet" or not (run_dir / "samples.parquet").exists():
+        raise SaviError(f"{table} is not a table of a savi run (expected .../<run>/[round=<r>/]<table>.parquet)")
+    return Run(run_dir), round_of(table) if in_round else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +359,14 @@ class StageResult:
     counts: dict[str, Any]
 
 
+Progress = Callable[[int], Callable[[], None]]  # progress(total items) -> tick, called once per finished item
+
+
+def ticker(progress: Progress | None, total: int) -> Callable[[], None]:
+    """The tick of a progress display over `total` items (a no-op without one, or with nothing to do)."""
+    return progress(total) if progress and total else (lambda: None)
+
+
 def written_tables(artifact: Artifact) -> list[pa.Table]:
     """Everything already written for `artifact`: the table (finished or not) and any flushed parts."""
     tables = [read_table(artifact.path, artifact.spec)] if artifact.path.is_file() else []
@@ -416,6 +459,16 @@ class ArtifactWriter:
         self.resumed = started is not None
         self._first_started_at = started["started_at"] if started else _now()
         self.done_items = written_items(art)
+
+    def cached_result(self) -> StageResult:
+        """The result of a stage whose table was already up to date."""
+        return StageResult(self.artifact.path, 0, 0, True, self.artifact.manifest()["counts"])
+
+    def finish_result(self, items_done: int, counts: dict[str, Any], *, keep: set[Any] | None = None,
+                      notes: dict[str, Any] | None = None) -> StageResult:
+        """`finish`, as the result of a stage that did `items_done` items now."""
+        manifest = self.finish(counts=counts, notes=notes, keep=keep)
+        return StageResult(self.artifact.path, items_done, manifest["rows_added"], False, counts)
 
     def _read_started(self) -> dict[str, Any] | None:
         path = self.artifact.parts_dir / "started.json"

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.core.errors import first_line
+
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
                     ".ts", ".mts", ".m2ts", ".ogv")
 JPEG_QUALITY = 90
@@ -83,7 +85,7 @@ def read_frame_folder(folder: Path, *, frames: int = 32, max_side: int = 448, fo
     try:
         decoded = [_resize(np.asarray(Image.open(files[i]).convert("RGB")), max_side) for i in indices]
     except OSError as e:
-        raise VideoError(f"unreadable frame in {folder}: {_first_line(e)}") from None
+        raise VideoError(f"unreadable frame in {folder}: {first_line(e, 200)}") from None
     height, width = decoded[0].shape[:2]
     return DecodedVideo(frames=decoded, indices=indices, timestamps_s=[round(float(starts[i]), 6) for i in indices],
                         container="frames", codec="jpeg", duration_s=duration, fps=folder_fps, num_frames=len(files),
@@ -178,7 +180,7 @@ def _probe(path: Path) -> tuple[str, str, int, np.ndarray]:
                 first.to_ndarray(format="rgb24")
     except av.error.FFmpegError as e:
         # strerror is FFmpeg's reason without the errno and path noise ("Invalid data found when processing input").
-        reason = e.strerror or _first_line(e)
+        reason = e.strerror or first_line(e, 200)
         hint = _FFMPEG_HINTS.get(reason)
         raise VideoError(f"not a readable video: {reason}" + (f" ({hint})" if hint else "")) from None
 
@@ -239,18 +241,13 @@ def _resize(frame: np.ndarray, max_side: int) -> np.ndarray:
 
 def _decord_reason(error: BaseException) -> str:
     """decord's messages start with a time and its own source path; keep the reason and name FFmpeg's codes."""
-    text = re.sub(r"^\[[\d:]+\] \S+:\d+: (Error: )?", "", _first_line(error))
+    text = re.sub(r"^\[[\d:]+\] \S+:\d+: (Error: )?", "", first_line(error, 200))
     if str(_AVERROR_INVALIDDATA) in text:
         return "invalid data (the file is truncated or damaged)"
     return text
 
 
 _AVERROR_INVALIDDATA = 1094995529  # FFmpeg's AVERROR_INVALIDDATA, as decord reports it
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:200]
 
 
 # ---------------------------------------------------------------------------------------------------------------

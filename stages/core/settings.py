@@ -1,0 +1,203 @@
+"""Every setting savi has, declared once: its default, its help, and its bounds.
+
+Each stage's settings are one frozen dataclass, and each field is a `setting(...)`. Everything else derives from
+these declarations: the command-line flags and their help (`savi_cli/options.py`), the sections of a run's
+`savi.toml` (`[ask]` holds AskConfig's fields, and so on: `stages/core/config.py`), and the settings a round
+records in `round=<r>/config.toml`. A setting no flag gives comes from the run's savi.toml, then from its default.
+
+This module imports nothing heavy, so `savi --help` can build every option from it at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+DEFAULT_CLIP = "ViT-B-32"
+DEFAULT_CLIP_WEIGHTS = "openai"
+
+KINDS = ("spatial", "temporal", "what", "why", "how")
+CRITIQUE_MODES = ("critique", "judge")
+SWAPS = ("auto", "on", "off")
+POOLINGS = ("mean", "max", "topk")
+TEXT_POOLINGS = ("mean", "max")
+LOSSES = ("sigmoid", "clip-weighted")
+EVAL_MODES = ("likelihood", "generate")
+
+
+def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+            choices: tuple[str, ...] | None = None, flag: str | None = None, short: str | None = None) -> Any:
+    """A settings field: its default and help, its bounds (`min`, `max`, `choices`), and its flag where the derived
+    `--field-name` will not do (`flag`; for a bool, "--on/--off") plus an optional one-letter alias (`short`)."""
+    metadata = {"help": help, "min": min, "max": max, "choices": choices, "flag": flag, "short": short}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy model and how it runs. `id` is settled once per command (`config.resolve_model`): a run keeps
+    the model it started with."""
+
+    SECTION: ClassVar[str] = "model"
+
+    id: str = setting(DEFAULT_MODEL, "Hub id or local folder of the base model (a run keeps the one it started "
+                                     "with).", flag="--model", short="-m")
+    load_in_4bit: bool = setting(False, "Load the model in 4-bit NF4 (bitsandbytes) to generate and evaluate.")
+    dtype: str = setting("auto", "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32.")
+    device: str = setting("auto", "auto (cuda if available), cpu, cuda or cuda:N.")
+    batch_size: int = setting(4, "Prompts per batch; halved on CUDA out-of-memory.", min=1, short="-b")
+    seed: int = setting(0, "Seed of every sampled generation (each item draws from its own stream).")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    SECTION: ClassVar[str] = "sample"
+
+    frames: int = setting(32, "Frames per video (uniform segment midpoints), or the cap when --fps is set.", min=1)
+    fps: float | None = setting(None, "Sample at this rate instead, at most --frames frames.", min=0.001)
+    max_side: int = setting(448, "Resize so the longer side is at most this many pixels.", min=16)
+    workers: int = setting(1, "Videos decoded in parallel.", min=1, short="-j")
+
+
+@dataclass(frozen=True)
+class AskConfig:
+    SECTION: ClassVar[str] = "ask"
+
+    per_video: int = setting(6, "Questions per video, split evenly across the kinds.", min=1)
+    kinds: tuple[str, ...] = setting(("spatial", "temporal"), "Question kinds: spatial,temporal (VideoSAVi v3) or "
+                                                               "what,why,how (v1).")
+    max_new_tokens: int = setting(256, "Longest generation, in tokens.", min=1)
+    temperature: float = setting(0.7, "Sampling temperature (0: greedy).", min=0.0)
+    max_chars: int = setting(300, "Questions longer than this are dropped.", min=1)
+
+
+@dataclass(frozen=True)
+class AnswerConfig:
+    SECTION: ClassVar[str] = "answer"
+
+    candidates: int = setting(1, "Answers per question.", min=1)
+    temperatures: tuple[float, ...] = setting((0.3, 0.5, 0.7, 0.9, 1.0), "Candidate k is sampled at the k-th of "
+                                                                         "these (cycling).")
+    max_new_tokens: int = setting(256, "Longest generation, in tokens.", min=1)
+
+
+@dataclass(frozen=True)
+class CritiqueConfig:
+    SECTION: ClassVar[str] = "critique"
+
+    mode: str = setting("critique", "critique: critique each answer, then revise it (VideoSAVi v3). judge: score the "
+                                    "candidates 1-5 and pair the best with the worst (v1).", choices=CRITIQUE_MODES)
+    max_new_tokens: int = setting(256, "Longest generation, in tokens.", min=1)
+    temperature: float = setting(0.0, "Sampling temperature (0: greedy; a verdict should not depend on luck).",
+                                 min=0.0)
+    unchanged_similarity: float = setting(0.9, "A revision this similar to the answer (0-1) counts as unchanged.",
+                                          min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    SECTION: ClassVar[str] = "filter"
+
+    swap: str = setting("auto", "When CLIP may swap chosen and rejected: auto (judge mode only, as VideoSAVi v1; a "
+                                "critique's revision is never overturned), on, or off.", choices=SWAPS)
+    swap_margin: float = setting(0.0, "Swap when the rejected text is more grounded by more than this (CLIP score).")
+    min_clip_margin: float | None = setting(None, "Drop pairs whose chosen-minus-rejected CLIP score (after any swap) "
+                                                  "is below this; unset: no drop.")
+    near_duplicate: float = setting(0.9, "Drop pairs whose two texts are at least this similar (0-1).", min=0.0,
+                                    max=1.0)
+    max_length_ratio: float = setting(3.0, "Drop pairs where one text is more than this many times longer than the "
+                                           "other.", min=1.0)
+    drop_cut_off: bool = setting(True, "Drop pairs where either text was cut off at the token limit.",
+                                 flag="--drop-cut-off/--keep-cut-off")
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    SECTION: ClassVar[str] = "clip"
+    FLAG_PREFIX: ClassVar[str] = "clip-"
+
+    model: str = setting(DEFAULT_CLIP, "open_clip model name (e.g. ViT-B-32), local-dir:DIR (open_clip's folder "
+                                       "layout), or hf-hub:ORG/REPO.")
+    weights: str = setting(DEFAULT_CLIP_WEIGHTS, "Pretrained tag, weights file, local-dir:DIR, or random (tests "
+                                                 "only); a local-dir: model brings its own.")
+    pooling: str = setting("mean", "Per-frame cosines to one score: mean (robust to one odd frame), max, or topk "
+                                   "(mean of the top k).", choices=POOLINGS)
+    topk: int = setting(4, "k of --clip-pooling topk (capped at the number of frames).", min=1)
+    text_pooling: str = setting("mean", "How the sentences of a long text are pooled: mean (every claim counts) or "
+                                        "max.", choices=TEXT_POOLINGS, flag="--text-pooling")
+    device: str = setting("auto", "auto (cuda if available), cpu, cuda, cuda:N or mps.", flag="--device")
+    batch_size: int = setting(32, "Frames or text segments per CLIP forward pass.", min=1)
+
+    def __post_init__(self) -> None:
+        from stages.core.errors import SaviError
+
+        if self.pooling not in POOLINGS:
+            raise SaviError(f"unknown CLIP pooling {self.pooling!r}: use one of {', '.join(POOLINGS)}")
+        if self.text_pooling not in TEXT_POOLINGS:
+            raise SaviError(f"unknown CLIP text pooling {self.text_pooling!r}: use one of {', '.join(TEXT_POOLINGS)}")
+        if self.topk < 1:
+            raise SaviError(f"CLIP topk must be at least 1, got {self.topk}")
+        if self.batch_size < 1:
+            raise SaviError(f"CLIP batch size must be at least 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    SECTION: ClassVar[str] = "dpo"
+
+    beta: float = setting(0.1, "DPO β: how far the policy may move from the reference.", min=0.0)
+    loss: str = setting("sigmoid", "sigmoid: standard DPO. clip-weighted: -log σ(β·Δ - γ·(clip_chosen - "
+                                   "clip_rejected)).", choices=LOSSES)
+    clip_gamma: float = setting(10.0, "γ of clip-weighted: reward margin demanded per unit of CLIP score gap.",
+                                min=0.0)
+    learning_rate: float = setting(5e-6, "Learning rate.", min=0.0, flag="--lr")
+    lr_scheduler: str = setting("linear", "How the learning rate decays: linear, cosine, constant, ... "
+                                          "(transformers' scheduler names).")
+    warmup: float = setting(0.0, "Warm-up: a fraction of the training steps if below 1, else a number of steps.",
+                            min=0.0)
+    epochs: float = setting(1.0, "Passes over the pairs.", min=0.0)
+    batch_size: int = setting(1, "Pairs per device step.", min=1, short="-b")
+    grad_accum: int = setting(8, "Steps accumulated per optimizer step.", min=1)
+    lora_r: int = setting(16, "LoRA rank (round 1; later rounds continue its adapter).", min=1)
+    lora_alpha: int = setting(32, "LoRA alpha.", min=1)
+    lora_dropout: float = setting(0.05, "Dropout on the trained LoRA adapter (never on the reference).", min=0.0,
+                                  max=1.0)
+    max_steps: int = setting(-1, "Stop after this many optimizer steps (-1: train for --epochs).")
+    save_steps: int = setting(50, "Checkpoint every this many steps, for resuming after a crash.", min=1)
+    gradient_checkpointing: bool = setting(True, "Recompute activations in backward instead of keeping them.")
+    four_bit: bool = setting(True, "QLoRA on a 4-bit NF4 base; --no-4bit trains plain LoRA on a bf16/fp32 base.",
+                             flag="--4bit/--no-4bit")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    SECTION: ClassVar[str] = "eval"
+
+    mode: str = setting("likelihood", "likelihood: score each option's label (never unparsed). generate: write a "
+                                      "reply and parse it.", choices=EVAL_MODES)
+    frames: int = setting(32, "Frames sampled per question.", min=1)
+    max_side: int = setting(448, "Longest frame side in pixels.", min=16)
+    limit: int | None = setting(None, "Evaluate only the first N questions (in the benchmark's order).", min=1)
+    allow_missing: bool = setting(False, "Evaluate the questions whose video exists, instead of stopping at missing "
+                                         "videos.")
+    max_new_tokens: int = setting(16, "Longest reply in generate mode.", min=1)
+
+
+# Every section of a run's savi.toml that holds settings (`[benchmarks]` names eval's data instead).
+SECTIONS: dict[str, type] = {cls.SECTION: cls for cls in (ModelConfig, SampleConfig, AskConfig, AnswerConfig,
+                                                             CritiqueConfig, FilterConfig, ClipConfig, TrainConfig,
+                                                             EvalConfig)}
+
+
+def default_text(field: dataclasses.Field) -> str:
+    """A setting's default as `--help` shows it."""
+    value = field.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
