@@ -30,7 +30,6 @@ from stages.core.store import (
     file_sha256,
     fingerprint,
     ticker,
-    written_records,
 )
 
 
@@ -85,7 +84,7 @@ def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prom
         writer.close()
 
     current = {answer_id(q.question_id, t, k) for q, k, t in slots}
-    rows = [a for a in written_records(art) if a.answer_id in current]
+    rows = [a for a in writer.records() if a.answer_id in current]
     counts = {"questions": len(questions), "answers": len(rows), "empty": sum(not a.text for a in rows),
               "cut_off": sum(not a.finished for a in rows)}
     return writer.finish_result(len(todo), counts, keep=current)

@@ -33,7 +33,6 @@ from stages.core.store import (
     file_sha256,
     fingerprint,
     ticker,
-    written_records,
 )
 
 
@@ -100,7 +99,7 @@ def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts
         writer.close()
 
     current = {v.video_id for v in videos}
-    rows = [q for q in written_records(art) if q.video_id in current]
+    rows = [q for q in writer.records() if q.video_id in current]
     done_videos = writer.done_items & current
     kinds_found = {(q.video_id, q.kind) for q in rows}
     counts = {"videos": len(done_videos), "questions": len(rows),

@@ -40,7 +40,6 @@ from stages.core.store import (
     file_sha256,
     fingerprint,
     ticker,
-    written_records,
 )
 
 
@@ -102,7 +101,7 @@ def _critique_answers(run: Run, round: int, cfg: CritiqueConfig, model_cfg: Mode
         writer.close()
 
     current = {critique_id(a, cfg.mode) for a in answers}
-    critiques = [c for c in written_records(art) if c.critique_id in current]
+    critiques = [c for c in writer.records() if c.critique_id in current]
     return writer.finish_result(len(todo), _critique_counts(critiques), keep=current)
 
 

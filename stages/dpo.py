@@ -53,7 +53,7 @@ from stages.core.model import (
 )
 from stages.core.records import Pair, Sample, TrainStep
 from stages.core.settings import LOSSES, ModelConfig, TrainConfig
-from stages.core.store import ArtifactWriter, Progress, Run, StageResult, atomic_dir, file_sha256, written_records
+from stages.core.store import ArtifactWriter, Progress, Run, StageResult, atomic_dir, file_sha256
 
 log = logging.getLogger("savi")
 
@@ -84,9 +84,8 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
               "starts_from": adapter_fingerprint(previous)}
     inputs = {"pairs": file_sha256(pairs_art.path)}
     log_art = run.artifact("train_log", round)
-    if force:
+    if force:  # the checkpoints of an earlier training; its finished adapter stays until the new one is saved
         shutil.rmtree(checkpoints, ignore_errors=True)
-        shutil.rmtree(adapter_dir, ignore_errors=True)
     writer = ArtifactWriter(log_art, params=params, inputs=inputs, force=force)
     if writer.up_to_date and (adapter_dir / "adapter_config.json").is_file():
         return StageResult(adapter_dir, 0, 0, True, log_art.manifest()["counts"])
@@ -102,7 +101,7 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
     final = trainer.evaluate(eval_dataset=trainer.train_dataset, metric_key_prefix="final")
     _save_adapter(trainer.model, adapter_dir)
 
-    steps = written_records(log_art)
+    steps = writer.records()
     counts = {"pairs": len(pairs), "steps": max((s.step for s in steps), default=0),
               "final_reward_accuracy": _metric(final, "rewards/accuracies"),
               "final_reward_margin": _metric(final, "rewards/margins"),

@@ -54,7 +54,6 @@ from stages.core.store import (
     slug,
     ticker,
     write_json,
-    written_records,
 )
 from stages.core.video import VideoError, read_frame_folder, read_video
 
@@ -136,7 +135,7 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
 
     # The summary is written before the manifest, so a finished table always has one.
     current = {i.question_id for i in present}
-    rows: list[EvalResult] = [r for r in written_records(art) if r.question_id in current]
+    rows: list[EvalResult] = [r for r in writer.records() if r.question_id in current]
     summary = summarize(rows, bench, round, cfg.mode, model_cfg.id, missing=len(missing))
     write_json(summary_path, summary)
     submission_path = _write_submission(art.path, bench, rows)

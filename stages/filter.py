@@ -32,7 +32,7 @@ from stages.core.errors import SaviError
 from stages.core.parsing import similarity
 from stages.core.records import Candidate, Pair
 from stages.core.settings import SWAPS, FilterConfig
-from stages.core.store import ArtifactWriter, Progress, Run, StageResult, file_sha256, ticker, written_records
+from stages.core.store import ArtifactWriter, Progress, Run, StageResult, file_sha256, ticker
 
 
 def text_rule(pair: Candidate, cfg: FilterConfig) -> str | None:
@@ -111,7 +111,7 @@ def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force:
         writer.close()
 
     current = {c.pair_id for c in candidates}
-    rows: list[Pair] = [p for p in written_records(art) if p.pair_id in current]
+    rows: list[Pair] = [p for p in writer.records() if p.pair_id in current]
     dropped = Counter(p.drop_reason for p in rows if not p.kept)
     counts = {"candidates": len(rows), "kept": sum(p.kept for p in rows),
               "clip_scored": sum(p.chosen_clip is not None for p in rows), "swapped": sum(p.swapped for p in rows),

@@ -89,9 +89,17 @@ class Decoding:
 
 
 def load_video(run: Run, sample: Sample) -> Video:
+    """A sampled video's stored frames. Frames that are gone or damaged (deleted, cut short by something outside
+    savi) are a one-line error naming the video and how to sample it again."""
     if sample.status != "ok" or not sample.frames_dir:
         raise ValueError(f"video {sample.video_id} was not sampled ({sample.error})")
-    frames = load_frames(run.path / sample.frames_dir)
+    folder = run.path / sample.frames_dir
+    try:
+        frames = load_frames(folder)
+    except (OSError, ValueError) as e:
+        raise SaviError(f"the frames of {sample.path} in {folder} cannot be read ({first_line(e, 120)}); delete "
+                        f"that folder and run `savi sample {sample.path} --run {run.name}` to sample them again"
+                        ) from None
     return Video.of(frames, sample.num_frames or len(frames), sample.fps or 1.0, list(sample.frame_indices))
 
 

@@ -57,7 +57,8 @@ class SampleConfig:
 
     frames: int = setting(32, "Frames per video (uniform segment midpoints), or the cap when --fps is set.", min=1)
     fps: float | None = setting(None, "Sample at this rate instead, at most --frames frames.", min=0.001)
-    max_side: int = setting(448, "Resize so the longer side is at most this many pixels.", min=16)
+    # The vision towers need frames of at least 28 px (Qwen's merged patches) to 32 px (Qwen3-VL's).
+    max_side: int = setting(448, "Resize so the longer side is at most this many pixels.", min=32)
     workers: int = setting(1, "Videos decoded in parallel.", min=1, short="-j")
 
 
@@ -178,7 +179,7 @@ class EvalConfig:
     mode: str = setting("likelihood", "likelihood: score each option's label (never unparsed). generate: write a "
                                       "reply and parse it.", choices=EVAL_MODES)
     frames: int = setting(32, "Frames sampled per question.", min=1)
-    max_side: int = setting(448, "Longest frame side in pixels.", min=16)
+    max_side: int = setting(448, "Longest frame side in pixels.", min=32)
     limit: int | None = setting(None, "Evaluate only the first N questions (in the benchmark's order).", min=1)
     allow_missing: bool = setting(False, "Evaluate the questions whose video exists, instead of stopping at missing "
                                          "videos.")

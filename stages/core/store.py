@@ -27,6 +27,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,8 +42,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.core.errors import SaviError
+from stages.core.errors import SaviError, first_line
 from stages.core.records import SCHEMA_METADATA_KEY, TABLES, TableSpec, from_arrow, to_arrow, upgrade
+
+log = logging.getLogger("savi")
 
 DEFAULT_WORKSPACE = "runs"
 DEFAULT_RUN = "default"  # the run a command works on when none is named
@@ -330,18 +333,34 @@ def check_stamp(stamp: str, spec: TableSpec, where: Path) -> None:
 
 
 def read_table(path: Path, spec: TableSpec) -> pa.Table:
-    """A table file in the current schema: an earlier version gets the columns added since, with their defaults."""
-    metadata = pq.read_schema(path).metadata or {}
-    stamp = metadata.get(SCHEMA_METADATA_KEY, b"").decode()
-    check_stamp(stamp, spec, path)
-    table = pq.read_table(path)
-    if stamp == spec.stamp:
+    """A table file in the current schema: an earlier version gets the columns added since, with their defaults.
+
+    A file that is not a whole Parquet file (cut short, overwritten, edited) is a one-line error that says which
+    command makes it again; the rest of the workspace stays readable."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+        stamp = metadata.get(SCHEMA_METADATA_KEY, b"").decode()
+        check_stamp(stamp, spec, path)
+        table = pq.read_table(path)
+    except PermissionError:
+        raise
+    except (pa.ArrowInvalid, pa.lib.ArrowIOError) as e:
+        raise SaviError(f"{path} is damaged ({first_line(e, 120)}); {redo_hint(path, spec)}") from None
+    if stamp == spec.stamp and set(spec.schema.names) <= set(table.column_names):
         return table
     try:
         return upgrade(spec, table)
     except ValueError as e:
-        raise SaviError(f"{path} ({stamp}) cannot be read as {spec.stamp}: {e}; redo it with "
-                        f"`savi {spec.made_by} ... --force`") from None
+        raise SaviError(f"{path} ({stamp}) cannot be read as {spec.stamp}: {e}; {redo_hint(path, spec)}") from None
+
+
+def redo_hint(path: Path, spec: TableSpec) -> str:
+    """How to make a run's table again, for an error message: `savi <stage> --run R --round N --force`."""
+    round = round_of(path)
+    run_dir = path.parent if round is None else next(d for d in path.parents if d.name.startswith(ROUND_PREFIX)).parent
+    where = f"--run {run_dir.name}" + (f" --round {round}" if round is not None else "")
+    command = "savi eval BENCHMARK --data DIR" if spec.name == "evals" else f"savi {spec.made_by}"
+    return f"make it again with `{command} {where} --force`"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -367,21 +386,30 @@ def ticker(progress: Progress | None, total: int) -> Callable[[], None]:
     return progress(total) if progress and total else (lambda: None)
 
 
-def written_tables(artifact: Artifact) -> list[pa.Table]:
-    """Everything already written for `artifact`: the table (finished or not) and any flushed parts."""
-    tables = [read_table(artifact.path, artifact.spec)] if artifact.path.is_file() else []
-    return tables + [read_table(p, artifact.spec) for p in sorted(artifact.parts_dir.glob("part-*.parquet.part"))]
+def written_tables(artifact: Artifact, *, with_table: bool = True) -> list[pa.Table]:
+    """Everything already written for `artifact`: the table (finished or not, unless `with_table` is False) and any
+    flushed parts. A part that cannot be read (only something outside savi can damage one: parts are written whole
+    or not at all) is set aside as `*.damaged`, and its items are done again."""
+    tables = [read_table(artifact.path, artifact.spec)] if with_table and artifact.path.is_file() else []
+    for part in sorted(artifact.parts_dir.glob("part-*.parquet.part")):
+        try:
+            tables.append(read_table(part, artifact.spec))
+        except SaviError:
+            os.replace(part, part.with_suffix(".damaged"))
+            log.warning(f"{part} is damaged: set aside as {part.with_suffix('.damaged').name}; its items are "
+                        "done again")
+    return tables
 
 
-def written_records(artifact: Artifact) -> list[Any]:
-    return [r for t in written_tables(artifact) for r in from_arrow(artifact.spec, t)]
+def written_records(artifact: Artifact, *, with_table: bool = True) -> list[Any]:
+    return [r for t in written_tables(artifact, with_table=with_table) for r in from_arrow(artifact.spec, t)]
 
 
-def written_items(artifact: Artifact) -> set[Any]:
+def written_items(artifact: Artifact, *, with_table: bool = True) -> set[Any]:
     """The units of work already done: every value of the table's item column, plus the items that produced no
     rows (recorded in the file metadata, so a rerun does not redo them)."""
     done: set[Any] = set()
-    for table in written_tables(artifact):
+    for table in written_tables(artifact, with_table=with_table):
         done.update(table.column(artifact.spec.item).to_pylist())
         done.update(json.loads((table.schema.metadata or {}).get(ITEMS_METADATA_KEY, b"[]")))
     return done
@@ -401,7 +429,9 @@ class ArtifactWriter:
     An item is the unit of work (a video for `ask`, an answer for `critique`): its records are flushed together,
     so a kill never leaves half of an item, and an item with no records still counts as done.
 
-    `params` decide whether existing work may be reused: different params refuse without `force`.
+    `params` decide whether existing work may be reused: different params refuse without `force`. `force` redoes
+    every item, and the finished table stays in place (readable, and the one a crash leaves) until the new one is
+    whole; a killed redo resumes as a redo.
     `inputs` (content hashes of what was read) are recorded; if they changed since the table was finished, the
     writer refuses without `force`, unless `incremental`, where new items are added to the existing table.
     Nothing touches the disk until the first row is flushed, so a command that finds nothing to do leaves no trace.
@@ -419,6 +449,7 @@ class ArtifactWriter:
         self.done_items: set[Any] = set()
         self.up_to_date = False
         self.resumed = False
+        self.replacing = False  # redoing a finished table (--force): the old one stays until this one is whole
         self._buffer: list[Any] = []
         self._buffer_empty_items: list[Any] = []
         self._last_flush = self._started = time.monotonic()
@@ -431,13 +462,15 @@ class ArtifactWriter:
 
     def _open(self) -> None:
         art, params_hash = self.artifact, fingerprint(self.params)
-        if self.force:
-            shutil.rmtree(art.parts_dir, ignore_errors=True)
-            art.manifest_path.unlink(missing_ok=True)
-            art.path.unlink(missing_ok=True)
         if art.parts_dir.is_dir() and not (art.parts_dir / "started.json").is_file():
             # Killed between creating the folder and writing started.json, which precedes every part: empty.
             shutil.rmtree(art.parts_dir, ignore_errors=True)
+        if self.force:
+            # Redo everything, but keep the finished table (and whatever reads it) until the new one is whole:
+            # only the parts of an earlier unfinished run go.
+            shutil.rmtree(art.parts_dir, ignore_errors=True)
+            self.replacing, self._first_started_at = True, _now()
+            return
         manifest = art.manifest() if art.complete else None
         started = self._read_started()
         if manifest is not None and started is None:
@@ -457,8 +490,9 @@ class ArtifactWriter:
                             f"({_describe_change(started['params'], self.params)}); "
                             "rerun with the original options to resume it, or pass --force to start over")
         self.resumed = started is not None
+        self.replacing = bool(started and started.get("replaces"))
         self._first_started_at = started["started_at"] if started else _now()
-        self.done_items = written_items(art)
+        self.done_items = written_items(art, with_table=not self.replacing)
 
     def cached_result(self) -> StageResult:
         """The result of a stage whose table was already up to date."""
@@ -498,7 +532,7 @@ class ArtifactWriter:
         if not (parts / "started.json").is_file():
             parts.mkdir(parents=True, exist_ok=True)
             write_json(parts / "started.json", {"params": self.params, "params_hash": fingerprint(self.params),
-                                                "started_at": self._first_started_at})
+                                                "started_at": self._first_started_at, "replaces": self.replacing})
         index = len(list(parts.glob("part-*.parquet.part")))
         while (parts / f"part-{index:06d}.parquet.part").exists():
             index += 1
@@ -517,7 +551,7 @@ class ArtifactWriter:
         """
         self.flush()
         art = self.artifact
-        merged = pa.concat_tables(written_tables(art) or [to_arrow(self.spec, [])])
+        merged = pa.concat_tables(written_tables(art, with_table=not self.replacing) or [to_arrow(self.spec, [])])
         merged = _drop_duplicate_keys(merged, self.spec.key)
         stale = 0
         if keep is not None:
@@ -525,10 +559,12 @@ class ArtifactWriter:
             stale = merged.num_rows - (pc.sum(current).as_py() or 0)
             merged = merged.filter(current)
         merged = merged.sort_by([(c, "ascending") for c in self.spec.order])
-        empty_items = written_items(art) - set(merged.column(self.spec.item).to_pylist())
+        empty_items = written_items(art, with_table=not self.replacing) - set(merged.column(self.spec.item).to_pylist())
         if keep is not None:
             empty_items &= keep
         merged = _with_empty_items(merged, sorted(empty_items), self.spec)
+        if self.replacing:  # from here on the old table is gone: until the new manifest, nothing looks finished
+            art.manifest_path.unlink(missing_ok=True)
         write_parquet(art.path, merged)
         manifest = {
             "artifact": self.spec.name,
@@ -550,6 +586,11 @@ class ArtifactWriter:
         write_json(art.manifest_path, manifest)
         _remove_parts(art)
         return manifest
+
+    def records(self) -> list[Any]:
+        """The rows the finished table will hold, as far as they are written now (the old table's too, unless
+        this writer replaces it)."""
+        return written_records(self.artifact, with_table=not self.replacing)
 
     def close(self) -> None:
         """Flush what is done without finishing (on an error or Ctrl-C), so a rerun resumes from here."""
