@@ -21,6 +21,9 @@ _OS_ADVICE = {
     errno.EROFS: f"the file system is read-only: point --workspace (or SAVI_HOME) at a writable folder, {_RESUME}",
     errno.EACCES: f"fix the permissions (or, for the workspace, move it with --workspace or SAVI_HOME), {_RESUME}",
     errno.EPERM: f"fix the permissions (or, for the workspace, move it with --workspace or SAVI_HOME), {_RESUME}",
+    errno.ENOTDIR: "a path that should be a folder is a file: check --workspace (or SAVI_HOME) and the paths given",
+    errno.EISDIR: "a path that should be a file is a folder: give a file path",
+    errno.ENAMETOOLONG: "a file name is too long: use a shorter run name or path",
 }
 
 

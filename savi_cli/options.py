@@ -104,10 +104,10 @@ def _option(cls: type, field: dataclasses.Field) -> Any:
         declared = f"{declared}/--no-{declared.removeprefix('--')}"
     names = [declared] + ([meta["short"]] if meta.get("short") else [])
     bounds = {k: meta[k] for k in ("min", "max") if meta.get(k) is not None}
-    if meta.get("choices"):
+    if kind is tuple:
+        kind = str  # a comma-separated list (its items are checked against the declaration, like savi.toml's)
+    elif meta.get("choices"):
         kind = Literal[meta["choices"]]
-    elif kind is tuple:
-        kind = str  # a comma-separated list
     option = typer.Option(*names, help=meta["help"], show_default=default_text(field), **bounds)
     return Annotated[kind | None, option]
 

@@ -19,6 +19,7 @@ def resolve(input: str | None, run: str | None, round: int | None, workspace: Pa
     if input is None and run is None and not sys.stdin.isatty():
         input = "-"
     if input == "-":
+        _say_if_stdin_stays_silent()
         lines = [line.strip() for line in typer.get_text_stream("stdin") if line.strip()]
         input = lines[-1] if lines else None
     if input is None:
@@ -34,3 +35,22 @@ def resolve(input: str | None, run: str | None, round: int | None, workspace: Pa
     if round is None and piped_round is None:
         raise SaviError("--round is required: the piped table belongs to no round")
     return piped_run, round if round is not None else piped_round
+
+
+WAIT_BEFORE_SAYING = 5.0  # seconds
+
+
+def _say_if_stdin_stays_silent() -> None:
+    """A piped stage waits for the one before it, however long it takes. But a stdin that is open and silent for
+    another reason (a CI runner, a notebook, `Popen(stdin=PIPE)`) would look like a hang: say what savi is waiting
+    for, once, after a few seconds of silence."""
+    import select
+
+    try:
+        ready, _, _ = select.select([sys.stdin], [], [], WAIT_BEFORE_SAYING)
+    except (ValueError, OSError, TypeError):  # not a real file (a test runner's stream): nothing to wait for
+        return
+    if not ready:
+        typer.echo("waiting for the previous stage's table path on stdin (pipe one in, or pass --run NAME to work "
+                   "without piped input)", err=True)
+

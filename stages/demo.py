@@ -21,7 +21,7 @@ from stages import sample
 from stages.core.config import CONFIG_NAME, resolve
 from stages.core.query import run_query
 from stages.core.settings import SampleConfig
-from stages.core.store import open_run
+from stages.core.store import check_output_folder, open_run
 from stages.offline import videos as synthetic
 from stages.offline.benchmark_files import write_egoschema_demo
 
@@ -83,6 +83,7 @@ class DemoResult:
 
 def run(folder: Path, *, say: Callable[[str], None] = lambda _: None,
         progress: round_stage.RoundProgress | None = None) -> DemoResult:
+    check_output_folder(folder, ("videos", "runs", "model"), "the demo")
     videos, model, clip, workspace = folder / "videos", folder / "model", folder / "clip", folder / "runs"
     benchmark = folder / "benchmark" / "egoschema"
     if not videos.is_dir():

@@ -94,11 +94,7 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
         raise SaviError(f"unknown --mode {cfg.mode!r}: use {' or '.join(EVAL_MODES)}")
     if round < 0:
         raise SaviError(f"--round must be 0 (the base model) or a trained round; got {round}")
-    bench = read_benchmark(source.name, source.data, source.split, source.videos)
-    items = bench.items[:cfg.limit] if cfg.limit else bench.items
-    if not items:
-        raise SaviError(f"{bench.name} ({bench.split}) has no questions in {source.data}")
-    present, missing = _check_videos(bench, items, source, cfg.allow_missing)
+    bench, items, present, missing = questions(source, cfg)
     adapter = trained_adapter(run, round)
 
     name = table_name(bench)
@@ -143,6 +139,18 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
                                       "missing_videos")}
     result = writer.finish_result(len(todo), counts, keep=current)
     return EvalOutcome(name, result, summary, summary_path, submission_path)
+
+
+def questions(source: BenchmarkSource, cfg: EvalConfig) -> tuple[Benchmark, list[EvalItem], list[EvalItem], list[str]]:
+    """The benchmark, its questions (up to the limit), those whose video is there, and the videos missing; a
+    benchmark that cannot be read, or whose videos are missing, is a one-line error. `savi round` calls it before
+    its first stage, so a typo in a path stops the round at once, not after hours of generation."""
+    bench = read_benchmark(source.name, source.data, source.split, source.videos)
+    items = bench.items[:cfg.limit] if cfg.limit else bench.items
+    if not items:
+        raise SaviError(f"{bench.name} ({bench.split}) has no questions in {source.data}")
+    present, missing = _check_videos(bench, items, source, cfg.allow_missing)
+    return bench, items, present, missing
 
 
 def run_to_evaluate(run: str | None, model: str | None, workspace: Path | str | None) -> Run:

@@ -37,6 +37,7 @@ from stages.core.settings import (
     EvalConfig,
     FilterConfig,
     ModelConfig,
+    SampleConfig,
     TrainConfig,
 )
 from stages.core.store import Run, StageResult, atomic_path
@@ -83,6 +84,7 @@ def resolve_round(run: Run, overrides: dict[str, dict[str, Any]] | None = None,
         raise SaviError(f"unknown section [{'], ['.join(in_file)}] in {run.path / CONFIG_NAME}; known: model, "
                         f"sample, {', '.join(SECTIONS)}, benchmarks")
     sections = {name: resolve(run, cls, overrides.get(name)) for name, cls in SECTIONS.items()}
+    resolve(run, SampleConfig)  # not a round's, but checked too: a bad value anywhere stops before any work
     listed = {b.name: b for b in benchmarks_from_config(run)}
     listed.update({b.name: b for b in benchmarks or []})
     return RoundConfig(model=resolve_model(run, overrides.get("model")), benchmarks=tuple(listed.values()),
@@ -153,7 +155,10 @@ def run_round(run: Run, round: int, cfg: RoundConfig, *, redo: str | None = None
         raise SaviError(f"unknown stage {redo!r} to redo; the stages of a round are {', '.join(STAGES)}")
     force = {stage: redo is not None and k >= STAGES.index(redo) for k, stage in enumerate(STAGES)}
     run.require("samples")
-    adapter_for_round(run, round)  # fail now, not after an hour of generation, if round r-1 is not trained
+    # Fail now, not after hours of generation, if round r-1 is not trained or a benchmark cannot be read.
+    adapter_for_round(run, round)
+    for source in cfg.benchmarks:
+        eval_stage.questions(source, cfg.eval)
     model = cfg.model
     config_path = save_resolved(run, round, cfg)
 

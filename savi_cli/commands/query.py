@@ -17,7 +17,8 @@ def query(
     """Query every run's tables with DuckDB SQL.
 
     Views: samples (and one per later stage), each with a `run` column and, per round, a `round` column.
-    Only finished tables are visible.
+    Only finished tables are visible; a damaged one is left out with a warning. A query reads these views and
+    nothing else: it cannot read or write files, attach databases, load extensions or change settings.
 
     Example:
 

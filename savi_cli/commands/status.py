@@ -12,7 +12,7 @@ def status(
     run: Annotated[str | None, typer.Option("--run", "-r", help="Only this run (default: every run).")] = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
-    """Summarise runs: each table's rows, whether it is finished or interrupted, and the commonest errors.
+    """Summarise runs: each table's rows, whether it is finished, interrupted or damaged, and the commonest errors.
 
     Example:
 
@@ -30,6 +30,8 @@ def status(
         rows = [(t["round"] if t["round"] is not None else "", t["table"], t["state"], t["rows"], t["detail"])
                 for t in info["tables"]]
         typer.echo(format_table(["round", "table", "state", "rows", "detail"], rows), nl=False)
+        for reason in info["damaged"]:  # in full: the table's detail column shortens long cells
+            typer.echo(f"  {reason}")
         for reason, count in info["top_errors"]:
             typer.echo(f"  {count} x {reason}")
         typer.echo("")

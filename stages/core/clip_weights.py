@@ -30,8 +30,6 @@ import functools
 import json
 import logging
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from stages.core.errors import SaviError
+from stages.core.hub import offline, offline_declared, reachable
 from stages.core.store import file_sha256, fingerprint
 
 DEFAULT_CLIP = "ViT-B-32"
@@ -49,7 +48,6 @@ LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 CONFIG_NAME = "open_clip_config.json"
-PROBE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -183,7 +181,7 @@ def _resolve_named(model: str, weights: str) -> Source:
     if cached is not None:
         return dataclasses.replace(source, pretrained=cached)
     host = _download_host(tag_cfg)
-    if _offline_declared() or host is None or not _reachable(host):
+    if offline_declared() or host is None or not reachable(host):
         raise SaviError(
             f"CLIP weights {weights!r} for {name} are not on this machine and cannot be downloaded here; "
             "download them on a machine with internet (python -c 'import open_clip; "
@@ -242,28 +240,6 @@ def _download_host(tag_cfg: dict[str, Any]) -> tuple[str, int] | None:
     return parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
 
 
-def _offline_declared() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _reachable(host: tuple[str, int]) -> bool:
-    """Whether a TCP connection to the host opens within PROBE_SECONDS (name lookup included)."""
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection(host, timeout=PROBE_SECONDS).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
-    thread.start()
-    thread.join(PROBE_SECONDS + 0.5)
-    return bool(result and result[0])
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Creating the model
 
@@ -301,27 +277,6 @@ def create(source: Source) -> tuple[Any, Any]:
                         "weights belong to this architecture (QuickGELU models are named e.g. ViT-B-32-quickgelu)"
                         ) from None
     return model, preprocess
-
-
-@contextlib.contextmanager
-def offline(enabled: bool) -> Iterator[None]:
-    """Forbid Hugging Face downloads for the duration (the env var, and the constant read at import time)."""
-    if not enabled:
-        yield
-        return
-    import huggingface_hub.constants as hf_constants
-
-    saved_env, saved_const = os.environ.get("HF_HUB_OFFLINE"), hf_constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    hf_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hf_constants.HF_HUB_OFFLINE = saved_const
-        if saved_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved_env
 
 
 class _DropExpected(logging.Filter):

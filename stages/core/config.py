@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,27 +45,65 @@ def update_config(run: Run, section: str, values: dict[str, Any]) -> None:
 
 def resolve(run: Run, settings: type[Settings], flags: dict[str, Any] | None = None) -> Settings:
     """A settings class filled in: the declared defaults, then its section of the run's savi.toml, then the flags
-    given (None: not given). Unknown keys in the file are an error, so a typo never passes silently."""
+    given (None: not given). Every value is checked against its declaration (type, bounds, choices) before any
+    work starts, and an unknown key is an error, so a typo never passes silently."""
     section = settings.SECTION
     fields = {f.name: f for f in dataclasses.fields(settings)}
+    hints = typing.get_type_hints(settings)
     from_file = read_config(run).get(section, {})
+    where = run.path / CONFIG_NAME
     if not isinstance(from_file, dict):
-        raise SaviError(f"[{section}] of {run.path / CONFIG_NAME} must be a table of settings")
+        raise SaviError(f"[{section}] of {where} must be a table of settings")
     unknown = sorted(set(from_file) - set(fields))
     if unknown:
-        raise SaviError(f"unknown setting {', '.join(unknown)} in [{section}] of {run.path / CONFIG_NAME}; "
-                        f"known: {', '.join(fields)}")
+        raise SaviError(f"unknown setting {', '.join(unknown)} in [{section}] of {where}; known: {', '.join(fields)}")
     given = {k: v for k, v in (flags or {}).items() if v is not None}
     unknown = sorted(set(given) - set(fields))
     if unknown:
         raise SaviError(f"unknown setting {', '.join(unknown)} in [{section}]; known: {', '.join(fields)}")
-    values = {**from_file, **given}
-    # TOML has arrays where the dataclasses have tuples (hashable, so configs can be compared and fingerprinted).
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    try:
-        return settings(**values)
-    except TypeError as e:
-        raise SaviError(f"bad settings for [{section}]: {e}") from None
+    values = {name: checked(value, hints[name], fields[name], f"[{section}] {name} in {where}")
+              for name, value in from_file.items()}
+    values.update({name: checked(value, hints[name], fields[name], f"{section}.{name} (given on the command line)")
+                   for name, value in given.items()})
+    return settings(**values)
+
+
+def checked(value: Any, annotation: Any, field: dataclasses.Field, label: str) -> Any:
+    """`value` as the declared type of a setting (a TOML array becomes a tuple, an int a float where a float is
+    declared), or a one-line error saying what it must be."""
+    meta = field.metadata
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if value is None and type(None) in typing.get_args(annotation):
+        return None
+    if len(options) == 1 and typing.get_origin(annotation) is not tuple:  # `X | None`
+        annotation = options[0]
+    if typing.get_origin(annotation) is tuple:
+        if not isinstance(value, (list, tuple)):
+            example = ", ".join(repr(v) for v in field.default)
+            raise SaviError(f"{label} is {value!r}: it must be a list, like [{example}]")
+        element = typing.get_args(annotation)[0]
+        return tuple(_one(v, element, meta, f"{label}: item {v!r}") for v in value)
+    return _one(value, annotation, meta, f"{label} is {value!r}:")
+
+
+def _one(value: Any, kind: type, meta: dict[str, Any], label: str) -> Any:
+    if kind is bool and not isinstance(value, bool):
+        raise SaviError(f"{label} it must be true or false")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise SaviError(f"{label} it must be a whole number")
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SaviError(f"{label} it must be a number")
+        value = float(value)
+    if kind is str and not isinstance(value, str):
+        raise SaviError(f"{label} it must be text")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise SaviError(f"{label} it must be at least {meta['min']}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise SaviError(f"{label} it must be at most {meta['max']}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise SaviError(f"{label} it must be one of {', '.join(meta['choices'])}")
+    return value
 
 
 def resolve_model(run: Run, flags: dict[str, Any] | None = None) -> ModelConfig:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ import numpy as np
 
 from stages.core.config import remember_model
 from stages.core.errors import SaviError, first_line
+from stages.core.hub import hub_host, offline, offline_declared, reachable
 from stages.core.records import Sample
 from stages.core.settings import ModelConfig
 from stages.core.store import Run, file_sha256, fingerprint
@@ -355,9 +357,10 @@ def load_model(cfg: ModelConfig, *, training: bool = False, run: Run | None = No
     if device.startswith("cuda"):
         kwargs["device_map"] = {"": device}
     try:
-        processor = AutoProcessor.from_pretrained(cfg.id)
-        refuse_reasoning_checkpoint(processor, cfg.id)
-        model = AutoModelForImageTextToText.from_pretrained(cfg.id, **kwargs)
+        with offline(_from_cache_only(cfg.id)):
+            processor = AutoProcessor.from_pretrained(cfg.id)
+            refuse_reasoning_checkpoint(processor, cfg.id)
+            model = AutoModelForImageTextToText.from_pretrained(cfg.id, **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise SaviError(f"cannot load model {cfg.id!r}: {first_line(e)}. Pass a local model folder "
                         "(`savi tiny-model DIR` makes one) or a Hub id of a video chat model") from None
@@ -367,6 +370,28 @@ def load_model(cfg: ModelConfig, *, training: bool = False, run: Run | None = No
     if run is not None:
         remember_model(run, cfg.id)
     return model, processor
+
+
+def _from_cache_only(model_id: str) -> bool:
+    """Whether a hub model must load from this machine's Hugging Face cache: the hub cannot be reached (or offline
+    mode is declared). Then a model that is not in the cache is a one-line error at once, instead of minutes of
+    retried requests."""
+    if Path(model_id).exists() or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model_id):
+        return False  # a local folder (or a path that is not one: from_pretrained says so)
+    host = hub_host()
+    if not offline_declared() and host is not None and reachable(host):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    except ValueError:  # not a valid hub id either (a folder that does not exist, say)
+        cached = False
+    if not cached:
+        raise SaviError(f"model {model_id!r} is neither a local folder nor in this machine's Hugging Face cache, and "
+                        "the model hub cannot be reached from here: pass a local model folder, or download it where "
+                        f"there is a network (`hf download {model_id}`) and copy ~/.cache/huggingface here")
+    return True
 
 
 def drop_shipped_decoding(model: Any) -> None:

@@ -25,6 +25,11 @@ POOLINGS = ("mean", "max", "topk")
 TEXT_POOLINGS = ("mean", "max")
 LOSSES = ("sigmoid", "clip-weighted")
 EVAL_MODES = ("likelihood", "generate")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+# transformers' learning-rate schedulers (`SchedulerType`), named here so that a typo fails before any work.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay", "greedy")
 
 
 def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
@@ -45,7 +50,7 @@ class ModelConfig:
     id: str = setting(DEFAULT_MODEL, "Hub id or local folder of the base model (a run keeps the one it started "
                                      "with).", flag="--model", short="-m")
     load_in_4bit: bool = setting(False, "Load the model in 4-bit NF4 (bitsandbytes) to generate and evaluate.")
-    dtype: str = setting("auto", "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32.")
+    dtype: str = setting("auto", "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32.", choices=DTYPES)
     device: str = setting("auto", "auto (cuda if available), cpu, cuda or cuda:N.")
     batch_size: int = setting(4, "Prompts per batch; halved on CUDA out-of-memory.", min=1, short="-b")
     seed: int = setting(0, "Seed of every sampled generation (each item draws from its own stream).")
@@ -68,7 +73,7 @@ class AskConfig:
 
     per_video: int = setting(6, "Questions per video, split evenly across the kinds.", min=1)
     kinds: tuple[str, ...] = setting(("spatial", "temporal"), "Question kinds: spatial,temporal (VideoSAVi v3) or "
-                                                               "what,why,how (v1).")
+                                                               "what,why,how (v1).", choices=KINDS)
     max_new_tokens: int = setting(256, "Longest generation, in tokens.", min=1)
     temperature: float = setting(0.7, "Sampling temperature (0: greedy).", min=0.0)
     max_chars: int = setting(300, "Questions longer than this are dropped.", min=1)
@@ -80,7 +85,7 @@ class AnswerConfig:
 
     candidates: int = setting(1, "Answers per question.", min=1)
     temperatures: tuple[float, ...] = setting((0.3, 0.5, 0.7, 0.9, 1.0), "Candidate k is sampled at the k-th of "
-                                                                         "these (cycling).")
+                                                                         "these (cycling).", min=0.0)
     max_new_tokens: int = setting(256, "Longest generation, in tokens.", min=1)
 
 
@@ -154,8 +159,8 @@ class TrainConfig:
     clip_gamma: float = setting(10.0, "γ of clip-weighted: reward margin demanded per unit of CLIP score gap.",
                                 min=0.0)
     learning_rate: float = setting(5e-6, "Learning rate.", min=0.0, flag="--lr")
-    lr_scheduler: str = setting("linear", "How the learning rate decays: linear, cosine, constant, ... "
-                                          "(transformers' scheduler names).")
+    lr_scheduler: str = setting("linear", "How the learning rate decays (transformers' scheduler names).",
+                                choices=SCHEDULERS)
     warmup: float = setting(0.0, "Warm-up: a fraction of the training steps if below 1, else a number of steps.",
                             min=0.0)
     epochs: float = setting(1.0, "Passes over the pairs.", min=0.0)

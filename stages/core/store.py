@@ -84,6 +84,16 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_output_folder(path: Path, savis: tuple[str, ...], what: str) -> None:
+    """Refuse to write `what` into `path` if it is a file, or a folder that holds files savi did not write (savi's
+    own outputs carry one of the `savis` files). Never deleting what savi did not write starts here."""
+    if path.exists() and not path.is_dir():
+        raise SaviError(f"{path} is a file; {what} goes into a folder: give a folder path")
+    if path.is_dir() and any(path.iterdir()) and not any((path / name).exists() for name in savis):
+        raise SaviError(f"{path} holds files savi did not write, and savi never deletes them; give a new or empty "
+                        f"folder for {what}")
+
+
 def write_json(path: Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
@@ -257,10 +267,23 @@ class Run:
             os.close(fd)
 
 
+# A run's name is a folder name, a word in every printed table path, and safe in a shell pipe: no spaces, no
+# quotes, no newline, no "=" (a `round=<r>` folder is a round, not a run), at most 100 characters.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 def open_run(name: str, workspace: str | Path | None = None) -> Run:
-    if not name or "/" in name or name.startswith("."):
-        raise SaviError(f"invalid run name {name!r}: use letters, digits, '-' or '_'")
-    return Run(workspace_root(workspace) / name)
+    if not RUN_NAME.fullmatch(name or ""):
+        raise SaviError(f"invalid run name {name!r}: use up to 100 letters, digits, '.', '-' or '_', starting with "
+                        "a letter or digit")
+    root = workspace_root(workspace)
+    for folder in (root, *root.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise SaviError(f"the workspace {root} is not a folder ({folder} is a file); point --workspace "
+                                "(or SAVI_HOME) at a folder")
+            break
+    return Run(root / name)
 
 
 def existing_run(name: str, workspace: str | Path | None = None) -> Run:
@@ -359,7 +382,8 @@ def redo_hint(path: Path, spec: TableSpec) -> str:
     round = round_of(path)
     run_dir = path.parent if round is None else next(d for d in path.parents if d.name.startswith(ROUND_PREFIX)).parent
     where = f"--run {run_dir.name}" + (f" --round {round}" if round is not None else "")
-    command = "savi eval BENCHMARK --data DIR" if spec.name == "evals" else f"savi {spec.made_by}"
+    command = {"evals": "savi eval BENCHMARK --data DIR", "samples": "savi sample VIDEOS"}.get(spec.name,
+                                                                                              f"savi {spec.made_by}")
     return f"make it again with `{command} {where} --force`"
 
 
@@ -589,8 +613,12 @@ class ArtifactWriter:
 
     def records(self) -> list[Any]:
         """The rows the finished table will hold, as far as they are written now (the old table's too, unless
-        this writer replaces it)."""
-        return written_records(self.artifact, with_table=not self.replacing)
+        this writer replaces it), one per key: a kill between writing the table and its manifest leaves the same
+        rows in the table and in the parts, and `finish` keeps the first copy too."""
+        rows: dict[Any, Any] = {}
+        for record in written_records(self.artifact, with_table=not self.replacing):
+            rows.setdefault(getattr(record, self.spec.key), record)
+        return list(rows.values())
 
     def close(self) -> None:
         """Flush what is done without finishing (on an error or Ctrl-C), so a rerun resumes from here."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.core.clip_weights import CONFIG_NAME
-from stages.core.store import atomic_path, write_json
+from stages.core.store import atomic_path, check_output_folder, write_json
 
 
 def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
@@ -19,6 +19,7 @@ def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
+    check_output_folder(out_dir, (CONFIG_NAME,), "a tiny CLIP")
     model_cfg = {
         "embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},

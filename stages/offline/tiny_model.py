@@ -25,6 +25,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stages.core.store import check_output_folder
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -120,6 +122,7 @@ def build_tiny_model(out_dir: str | Path, family: str = DEFAULT_FAMILY, seed: in
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    check_output_folder(Path(out_dir), ("model.safetensors",), "a tiny model")
     published = CHECKPOINTS / family
     tokenizer_config = _read_json(published / "tokenizer_config.json")
     tokenizer = _train_tokenizer(tokenizer_config)
