@@ -1,8 +1,10 @@
-"""Kill the demo pipeline with SIGKILL again and again, rerun it each time, and prove nothing was lost.
+"""Kill the demo pipeline with SIGKILL (or interrupt it with SIGINT, as Ctrl-C does) again and again, rerun it
+each time, and prove nothing was lost.
 
 Run from the repository root:
 
     .venv/bin/python benchmarks/kill_pipeline.py --kills-per-stage 2 --seed 0
+    .venv/bin/python benchmarks/kill_pipeline.py --kills-per-stage 1 --signal int   # Ctrl-C in every stage
 
 `savi demo` runs the whole job: sampling, then two rounds of ask, answer, critique, filter, 4-bit DPO and eval.
 This script builds the demo's inputs once (videos, benchmark, tiny model, tiny CLIP) and copies them into two
@@ -16,6 +18,9 @@ training log; every eval table):
 - every key is present exactly once (nothing duplicated);
 - the keys and the rows equal the uninterrupted run's (nothing lost, nothing changed), the model path aside;
 - the manifests' counts are equal, and no unfinished part, temporary file or lock holder is left behind.
+
+With `--signal int`, each interrupted demo must also exit with status 130 after saying, on one line, that
+finished items are saved (Ctrl-C's way out), and the report counts those exits.
 
 It prints one JSON report (kills, stages hit, rows checked), and exits non-zero if any check fails.
 """
@@ -82,9 +87,10 @@ def start_demo(folder: Path) -> tuple[subprocess.Popen, list[tuple[float, str]]]
     return proc, lines
 
 
-def kill_in_stage(folder: Path, announcement: str, delay: float) -> str | None:
-    """Start the demo, wait for `announcement`, SIGKILL it `delay` seconds later. Returns the stage it was last
-    in when killed, or None if it finished (or failed) first."""
+def kill_in_stage(folder: Path, announcement: str, delay: float,
+                  sig: signal.Signals = signal.SIGKILL) -> tuple[str, int, list[str]] | None:
+    """Start the demo, wait for `announcement`, send `sig` `delay` seconds later. Returns the stage it was last in
+    when killed, its exit status and its last lines, or None if it finished (or failed) first."""
     proc, lines = start_demo(folder)
     while proc.poll() is None and not any(line.startswith(announcement) for _, line in lines):
         time.sleep(0.005)
@@ -93,11 +99,11 @@ def kill_in_stage(folder: Path, announcement: str, delay: float) -> str | None:
     time.sleep(delay)
     if proc.poll() is not None:
         return None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    status = proc.wait()
     time.sleep(0.05)  # let the reader thread take the last lines
     announced = [a.strip() for _, line in lines for a in stage_lines() if line.startswith(a)]
-    return announced[-1] if announced else None
+    return (announced[-1], status, [line for _, line in lines[-3:]]) if announced else None
 
 
 def run_to_end(folder: Path) -> dict[str, float]:
@@ -166,7 +172,10 @@ def main() -> int:
                         help="a kill comes at most this many seconds after its stage starts")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one, removed afterwards)")
+    parser.add_argument("--signal", choices=("kill", "int"), default="kill",
+                        help="SIGKILL (no chance to clean up), or SIGINT (Ctrl-C: must exit 130, saying so)")
     args = parser.parse_args()
+    sig = signal.SIGKILL if args.signal == "kill" else signal.SIGINT
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="savi-kill-"))
     rng = random.Random(args.seed)
@@ -182,19 +191,27 @@ def main() -> int:
 
         durations = run_to_end(work / "clean")
         kills: list[str] = []
+        interrupted_badly: list[str] = []
         for announcement in stage_lines():
             for _ in range(args.kills_per_stage):
                 # A random moment inside the stage, as long as it took in the uninterrupted run.
                 delay = rng.uniform(0.0, min(args.max_delay, durations.get(announcement, args.max_delay)))
-                stage = kill_in_stage(work / "killed", announcement, delay)
-                if stage is not None:
-                    kills.append(stage)
+                killed = kill_in_stage(work / "killed", announcement, delay, sig)
+                if killed is None:
+                    continue
+                stage, status, last = killed
+                kills.append(stage)
+                if sig == signal.SIGINT and (status != 130 or not any(line.startswith("Interrupted:")
+                                                                      for line in last)):
+                    interrupted_badly.append(f"{stage}: exit {status}, last lines {last}")
         run_to_end(work / "killed")
 
         clean = open_run("demo", work / "clean" / "runs")
         killed = open_run("demo", work / "killed" / "runs")
         rows_checked, problems = compare(clean, killed)
+        problems += [f"SIGINT in {bad}" for bad in interrupted_badly]
         report = {
+            "signal": sig.name,
             "kills": len(kills),
             "stages_hit": dict(Counter(kills)),
             "tables_checked": len(tables(killed)),

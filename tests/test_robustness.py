@@ -252,3 +252,31 @@ def test_redo_hint_names_the_run_and_round(tmp_path):
     hint = redo_hint(run.artifact("answers", 2).path, TABLES["answers"])
     assert hint == "make it again with `savi answer --run r --round 2 --force`"
     assert Path(run.eval_artifact("egoschema", 0).path).name == "egoschema.parquet"
+
+
+def test_a_damaged_input_table_is_one_line_naming_the_command_that_makes_it_again(sampled_run, tiny_model):
+    ok(savi("ask", "--run", "t", "--round", "1", "--model", tiny_model(), "--per-video", "2", "--max-new-tokens",
+            "6"))
+    path = sampled_run.artifact("questions", 1).path
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut short, as a full disk or a copy might
+    line = error_line(savi("answer", "--run", "t", "--round", "1"))
+    assert line.startswith(f"Error: {path} is damaged (") and line.endswith(
+        "make it again with `savi ask --run t --round 1 --force`")
+    ok(savi("ask", "--run", "t", "--round", "1", "--per-video", "2", "--max-new-tokens", "6", "--force"))
+    ok(savi("answer", "--run", "t", "--round", "1", "--max-new-tokens", "6"))
+
+
+def test_a_truncated_frame_names_its_video_and_sampling_it_again_repairs_the_run(sampled_run, tiny_model,
+                                                                                   clip_folder):
+    sample = sampled_run.artifact("samples").read()[0]
+    frame = sorted((sampled_run.path / sample.frames_dir).glob("*.jpg"))[1]
+    frame.write_bytes(frame.read_bytes()[:300])
+    line = error_line(savi("ask", "--run", "t", "--round", "1", "--model", tiny_model(), "--max-new-tokens", "6"))
+    folder = sampled_run.path / sample.frames_dir
+    assert line.startswith(f"Error: the frames of {sample.path} in {folder} cannot be read (")
+    assert line.endswith(f"delete that folder and run `savi sample {sample.path} --run t` to sample them again")
+    import shutil
+
+    shutil.rmtree(folder)  # as the message says
+    ok(savi("sample", sample.path, "--run", "t", "--frames", "4"))  # the run was sampled at 4 frames
+    ok(savi("ask", "--run", "t", "--round", "1", "--max-new-tokens", "6"))

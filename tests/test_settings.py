@@ -56,14 +56,21 @@ def test_every_setting_flag_shows_the_help_and_default_of_its_one_declaration(co
             assert param.default is None  # not given: savi.toml, then the declared default, decide
 
 
-def test_every_settings_class_is_a_section_of_savi_toml_and_resolves_to_its_defaults(sampled_run):
+def test_every_settings_class_is_a_section_of_savi_toml_and_resolves_to_its_defaults(workspace):
+    from stages.core.store import open_run
+
+    run = open_run("fresh")
+    run.path.mkdir(parents=True)
     for section, cls in SECTIONS.items():
         assert cls.SECTION == section
-        if cls is not ModelConfig:
-            assert resolve(sampled_run, cls) == cls()
-    (sampled_run.path / "savi.toml").write_text("[dpo]\nbeta = 0.3\n[ask]\nkinds = ['what', 'why']\n")
-    assert resolve(sampled_run, TrainConfig).beta == 0.3
-    assert resolve(sampled_run, AskConfig, {"per_video": 4}) == AskConfig(per_video=4, kinds=("what", "why"))
+        assert resolve(run, cls) == cls()
+    (run.path / "savi.toml").write_text("[dpo]\nbeta = 0.3\n[ask]\nkinds = ['what', 'why']\n")
+    assert resolve(run, TrainConfig).beta == 0.3
+    assert resolve(run, AskConfig, {"per_video": 4}) == AskConfig(per_video=4, kinds=("what", "why"))
+
+
+def test_a_run_remembers_how_it_was_sampled(sampled_run):
+    assert resolve(sampled_run, SampleConfig) == SampleConfig(frames=4)  # the fixture sampled at 4 frames
 
 
 def test_a_list_setting_is_a_comma_separated_flag(sampled_run, monkeypatch):

@@ -44,5 +44,6 @@ def sample(
         typer.echo("samples up to date: nothing new to sample", err=True)
     else:
         dup = f", {result.duplicates} duplicate inputs skipped" if result.duplicates else ""
-        typer.echo(f"sampled {result.new} videos: {result.ok} ok, {result.errors} errors{dup}", err=True)
+        repaired = f" ({result.repaired} of them again: their frames were gone)" if result.repaired else ""
+        typer.echo(f"sampled {result.new} videos{repaired}: {result.ok} ok, {result.errors} errors{dup}", err=True)
     typer.echo(str(result.path))

@@ -98,6 +98,8 @@ def load_video(run: Run, sample: Sample) -> Video:
     folder = run.path / sample.frames_dir
     try:
         frames = load_frames(folder)
+        if len(frames) != len(sample.frame_indices):
+            raise ValueError(f"{len(frames)} frames of {len(sample.frame_indices)}")
     except (OSError, ValueError) as e:
         raise SaviError(f"the frames of {sample.path} in {folder} cannot be read ({first_line(e, 120)}); delete "
                         f"that folder and run `savi sample {sample.path} --run {run.name}` to sample them again"

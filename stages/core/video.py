@@ -13,6 +13,7 @@ import io
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from stages.core.errors import first_line
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
                     ".ts", ".mts", ".m2ts", ".ogv")
 JPEG_QUALITY = 90
+# The vision towers need frames of at least 28 px (Qwen's merged patches) to 32 px (Qwen3-VL's): a video smaller than
+# this on a side has nothing they can see (the same bound as --max-side's).
+MIN_SIDE = 32
 
 
 class VideoError(Exception):
@@ -54,13 +58,21 @@ def read_video(path: str | Path, *, frames: int = 32, fps: float | None = None, 
     so the longer side is at most `max_side`. `start_s`/`end_s` restrict uniform sampling to that span of the clip.
     Raises VideoError with a one-line reason for anything unreadable."""
     path = Path(path)
-    if path.stat().st_size == 0:
+    status = path.stat()
+    if not stat.S_ISREG(status.st_mode):
+        # A pipe or a device never ends (or never starts): reading it would hang instead of failing.
+        raise VideoError(f"not a regular file ({file_kind(status.st_mode)})")
+    if status.st_size == 0:
         raise VideoError("empty file (0 bytes)")
     container, codec, rotation, first_raw = _probe(path)
     turns = (rotation // 90) % 4
+    stored_height, stored_width = first_raw.shape[:2]
+    if min(stored_height, stored_width) < MIN_SIDE:
+        width, height = (stored_height, stored_width) if turns % 2 else (stored_width, stored_height)
+        raise VideoError(f"the video is {width}x{height} px, too small: frames need at least {MIN_SIDE} px on each "
+                         "side")
     # Resizing inside the decoder is much faster than after it, but decord gets the output shape wrong when it
     # also applies a rotation, so rotated clips are resized afterwards.
-    stored_height, stored_width = first_raw.shape[:2]
     scale = max_side / max(stored_height, stored_width)
     size = {}
     if turns == 0 and scale < 1:
@@ -121,7 +133,9 @@ def _decode(path: Path, container: str, codec: str, turns: int, first_raw: np.nd
     decoded = []
     for index in indices:
         try:
-            frame = reader[int(index)].asnumpy()
+            frame = _rgb(reader[int(index)].asnumpy())
+        except VideoError:
+            raise
         except Exception as e:
             raise VideoError(f"decoding failed at frame {index} of {total}: {_decord_reason(e)}") from None
         if todo_turns:
@@ -214,8 +228,35 @@ def _choose_indices(starts: np.ndarray, duration: float, frames: int, fps: float
     return indices, None
 
 
+def _rgb(frame: np.ndarray) -> np.ndarray:
+    """A frame from decord as an (H, W, 3) array.
+
+    decord pads each row of a frame to its line alignment, and when the padded row is a whole multiple of the
+    width it reports the padding as extra channels: (H, W, 96 / W) below 32 px wide, (H, W, 4) at 48 or 72 px
+    (sizes that resizing a portrait clip also gives). The pixels are the first 3 W bytes of each row."""
+    if frame.ndim != 3 or frame.shape[2] < 3:
+        raise VideoError(f"the decoder returned frames shaped {frame.shape}, not height x width x RGB")
+    if frame.shape[2] == 3:
+        return frame
+    height, width, channels = frame.shape
+    return np.ascontiguousarray(frame.reshape(height, width * channels)[:, :3 * width].reshape(height, width, 3))
+
+
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, in words, for an error message."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a special file"
+
+
 def _decord_rotated(reader, first_raw: np.ndarray, turns: int) -> bool:
-    first = reader[0].asnumpy()
+    first = _rgb(reader[0].asnumpy())
     rotated = np.rot90(first_raw, turns)
     if turns % 2:  # 90/270 degrees: the shape alone tells (unless the frame is square)
         if first.shape != first_raw.shape:
