@@ -1,12 +1,14 @@
 # make demo   run savi offline on generated videos with a tiny model (sets itself up)
 # make test   run the test suite (sets itself up)
 # make venv   create .venv with pip if it is missing (or if pyproject.toml changed)
+# make bench-ceilings   the machine-dependent ceilings that are not tests: CLIP's offline failure time, and the
+#                       peak memory of sampling a huge video (each script exits 1 above its ceiling)
 
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-ceilings clean
 
 venv: $(STAMP)
 
@@ -28,6 +30,10 @@ lint: venv
 
 bench: venv
 	$(VENV)/bin/python benchmarks/bench_sample.py
+
+bench-ceilings: venv
+	$(VENV)/bin/python benchmarks/bench_clip_offline_failure_time.py
+	$(VENV)/bin/python benchmarks/bench_huge_video_peak_memory.py
 
 clean:
 	rm -rf demo .pytest_cache

@@ -338,6 +338,10 @@ class TrainLogCallback(TrainerCallback):
         self.writer, self.progress, self.tick = writer, progress, None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # A kill can land after a checkpoint is written but before on_save flushes the steps it covers; the
+        # checkpoint's own log history holds them, so a resumed training puts them back.
+        for logs in state.log_history:
+            self._add(logs.get("step", 0), logs)
         if self.progress:
             self.tick = self.progress(max(0, state.max_steps - state.global_step))
 
@@ -346,16 +350,18 @@ class TrainLogCallback(TrainerCallback):
         self.writer.flush()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        if "loss" not in logs or state.global_step in self.writer.done_items:
-            return
-        self.writer.add(TrainStep(step=state.global_step, epoch=float(logs.get("epoch", state.epoch or 0.0)),
+        if self._add(state.global_step, logs or {}) and self.tick:
+            self.tick()
+
+    def _add(self, step: int, logs: dict) -> bool:
+        if "loss" not in logs or step in self.writer.done_items:
+            return False
+        self.writer.add(TrainStep(step=step, epoch=float(logs.get("epoch") or 0.0),
                                   loss=logs.get("loss"), reward_accuracy=logs.get("rewards/accuracies"),
                                   reward_margin=logs.get("rewards/margins"), chosen_reward=logs.get("rewards/chosen"),
                                   rejected_reward=logs.get("rewards/rejected"),
                                   learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm")))
-        if self.tick:
-            self.tick()
+        return True
 
 
 def _metric(metrics: dict[str, float], key: str) -> float | None:

@@ -55,3 +55,21 @@ def sampled_run(clip_folder):
     run = open_run("t")
     sample.run(run, [clip_folder], sample.SampleConfig(frames=4, workers=1))
     return run
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    """End the report (after `-ra`'s list, just before the final counts) with one line saying how many tests were
+    skipped and why."""
+    yield
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if not reasons:
+        terminalreporter.write_line("skipped: none")
+        return
+    why = "; ".join(f"{n} x {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    terminalreporter.write_line(f"skipped: {len(skipped)} test{'s' if len(skipped) != 1 else ''} ({why})")

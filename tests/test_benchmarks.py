@@ -20,7 +20,17 @@ from stages.offline.videos import nearest_color
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = SHARED / "benchmarks"
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="the real benchmark annotation files are not available")
+# Skipped only where ../shared itself is absent (a checkout on its own). Where it exists, every real file must be
+# there: a missing one fails, instead of quietly skipping the tests that read it.
+needs_real = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (../shared beside the repository "
+                                                            "holds the real benchmark annotation files)")
+REAL_FILES = [
+    "egoschema/questions.json", "egoschema/subset_answers.json",
+    "nextqa/val.csv", "nextqa/test.csv", "nextqa/map_vid_vidorID.json",
+    "tempcompass/meta_info.json", "tempcompass/questions/multi-choice.json", "tempcompass/questions/yes_no.json",
+    "tempcompass/questions/caption_matching.json", "tempcompass/questions/captioning.json",
+    "videomme/output_test_template.json",
+]
 
 LABEL_PREFIX = re.compile(r"^\s*(\(?[A-E][.):]\s|(Option|Sentence|Caption) \w+:)")
 
@@ -41,6 +51,12 @@ def fixture(tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------------------------------
 # The real annotation files
+
+
+@needs_real
+@pytest.mark.parametrize("path", REAL_FILES)
+def test_every_real_benchmark_file_is_in_shared(path):
+    assert (REAL / path).is_file(), f"{REAL / path} is missing: {SHARED} exists, so it must hold the real file"
 
 
 @needs_real

@@ -1,6 +1,7 @@
 """The command line as a user meets it: help texts, fast start-up, one-line errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -13,11 +14,28 @@ COMMANDS = sorted(app.registered_commands, key=lambda c: c.name)
 NAMES = [c.name for c in COMMANDS]
 
 
+def listed_commands(help_text: str) -> list[str]:
+    """The names in the `Commands:` section of a help text: the first word of each of its lines."""
+    lines = help_text.splitlines()
+    assert lines.count("Commands:") == 1, help_text
+    section = lines[lines.index("Commands:") + 1:]
+    names = []
+    for line in section:
+        if not line.strip():
+            break
+        assert re.fullmatch(r"  [a-z][a-z-]* +\S.*", line), f"not a command line: {line!r}"
+        names.append(line.split()[0])
+    return names
+
+
 def test_help_lists_every_command():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for name in NAMES:
-        assert name in result.stdout
+    listed = listed_commands(result.stdout)
+    registered = NAMES + [g.name for g in app.registered_groups]
+    assert "export" in registered
+    assert len(listed) == len(set(listed))  # each once
+    assert sorted(listed) == sorted(registered)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -58,7 +76,9 @@ def test_status_of_an_unknown_run_is_one_line():
 
 def test_invalid_run_names_are_refused(tmp_path):
     result = CliRunner().invoke(app, ["sample", str(tmp_path), "--run", "../escape"])
-    assert result.exit_code == 1 and "invalid run name '../escape'" in result.stderr
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == ("Error: invalid run name '../escape': use up to 100 letters, digits, '.', '-' or '_', "
+                             "starting with a letter or digit\n")
 
 
 def test_tiny_model_command_builds_a_loadable_folder(tmp_path):
@@ -68,6 +88,14 @@ def test_tiny_model_command_builds_a_loadable_folder(tmp_path):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["model_type"] == "qwen2_vl"
     assert (tmp_path / "m" / "model.safetensors").is_file()
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tmp_path / "m")
+    model, loading = AutoModelForImageTextToText.from_pretrained(tmp_path / "m", output_loading_info=True)
+    assert not any(loading.values()), loading  # every weight in the folder, none missing, none unexpected
+    assert model.config.model_type == "qwen2_vl" and type(model).__name__ == "Qwen2VLForConditionalGeneration"
+    assert processor.video_token_id is not None
+    assert processor.tokenizer.convert_ids_to_tokens(processor.video_token_id) == "<|video_pad|>"
 
 
 def test_tiny_model_unknown_family_is_one_line(tmp_path):

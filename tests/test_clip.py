@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.core import clip_weights
+from stages.core import clip_weights, hub
 from stages.core.clip import ClipConfig, ClipScorer, pooled_score, split_sentences
 from stages.core.errors import SaviError
 from stages.offline.tiny_clip import build_tiny_clip
@@ -332,20 +332,23 @@ def test_unknown_model_name():
     assert "ViT-B-32" in str(e.value)  # the close match is suggested
 
 
-def test_pretrained_tag_offline_fails_fast_with_instructions(empty_caches, monkeypatch):
+def test_pretrained_tag_offline_fails_with_instructions_before_any_download(empty_caches, monkeypatch):
+    # How fast it fails depends on the machine: benchmarks/bench_clip_offline_failure_time.py measures it.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.monotonic()
+    probed = []
+    monkeypatch.setattr(hub.socket, "create_connection", lambda address, *a, **k: probed.append(address))
     with pytest.raises(SaviError) as e:
         ClipScorer.load(ClipConfig(model="ViT-B-32", weights="openai"))
-    assert time.monotonic() - start < 10
     message = str(e.value)
     assert "\n" not in message
     assert "CLIP weights 'openai' for ViT-B-32 are not on this machine and cannot be downloaded here" in message
     assert "open_clip.create_model_and_transforms(\"ViT-B-32\", pretrained=\"openai\")" in message
     assert "~/.cache/huggingface" in message and "--clip-weights /path/to/open_clip_pytorch_model.bin" in message
+    assert probed == []  # declared offline: the network is not even probed
 
 
-def test_pretrained_tag_without_network_fails_fast_even_if_not_declared_offline(empty_caches, monkeypatch):
+def test_pretrained_tag_without_network_fails_after_one_probe_even_if_not_declared_offline(empty_caches,
+                                                                                            monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     probed = []
@@ -354,12 +357,11 @@ def test_pretrained_tag_without_network_fails_fast_even_if_not_declared_offline(
         probed.append(address)
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(clip_weights.socket, "create_connection", no_network)
-    start = time.monotonic()
+    monkeypatch.setattr(hub.socket, "create_connection", no_network)
     with pytest.raises(SaviError, match="cannot be downloaded here"):
         ClipScorer.load(ClipConfig(model="ViT-B-32", weights="laion2b_s34b_b79k"))
-    assert time.monotonic() - start < 10
     assert probed and probed[0][0] == "huggingface.co"
+    assert len(probed) == 1  # one probe, no retries: it fails at once
 
 
 def test_a_cached_pretrained_tag_is_found_without_network(empty_caches):

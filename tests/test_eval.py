@@ -235,13 +235,19 @@ def test_hidden_answers_give_a_submission_file(tiny_model, tmp_path, workspace):
 
 
 def test_cli_errors_for_bad_benchmarks_are_one_line(tmp_path, workspace, tiny_model):
+    def one_error_line(result) -> str:
+        assert result.exit_code == 1, (result.output, result.exception)
+        assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("Error: ") and result.stderr.endswith("\n"), result.stderr
+        return result.stderr
+
     base = ["--data", str(tmp_path), "--model", str(tiny_model())]
-    unknown = runner.invoke(app, ["eval", "egoshema"] + base)
-    assert unknown.exit_code == 1 and "egoschema" in unknown.stderr and "mvbench" in unknown.stderr
-    missing = runner.invoke(app, ["eval", "nextqa"] + base)
-    assert missing.exit_code == 1 and len(missing.stderr.strip().splitlines()) == 1
+    unknown = one_error_line(runner.invoke(app, ["eval", "egoshema"] + base))
+    assert unknown == ("Error: unknown benchmark 'egoshema'; known benchmarks: egoschema, mvbench, nextqa, "
+                       "perceptiontest, tempcompass, longvideobench, videomme\n")
+    missing = one_error_line(runner.invoke(app, ["eval", "nextqa"] + base))
+    assert missing.startswith(f"Error: NExT-QA: found no val.csv or MC/val-00000-of-00001.parquet in {tmp_path}; ")
     (tmp_path / "questions.json").write_text('[{"q_uid": "a",}]')
     (tmp_path / "subset_answers.json").write_text("{}")
-    malformed = runner.invoke(app, ["eval", "egoschema"] + base)
-    assert malformed.exit_code == 1 and "questions.json" in malformed.stderr and "line 1" in malformed.stderr
-    assert len(malformed.stderr.strip().splitlines()) == 1
+    malformed = one_error_line(runner.invoke(app, ["eval", "egoschema"] + base))
+    assert "questions.json" in malformed and "line 1" in malformed

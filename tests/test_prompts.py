@@ -9,7 +9,9 @@ After changing a prompt on purpose (and bumping its `version`), rewrite the gold
 
     SAVI_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_prompts.py
 
-With the variable set, the golden tests write the files instead of comparing, and delete stale ones.
+With the variable set to 1, the golden tests write the files (and delete stale ones), then fail, saying that the
+files were rewritten and must be reviewed; rerun without the variable to see them pass. Set to anything else, they
+fail without writing. So a variable that leaks into CI can never make the suite pass without comparing.
 """
 
 import os
@@ -32,7 +34,15 @@ from stages.core.prompts import (
 )
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "prompts"
-UPDATE_GOLDEN = os.environ.get("SAVI_UPDATE_GOLDEN") == "1"
+
+
+def updating_golden() -> bool:
+    """Whether to rewrite the golden files (SAVI_UPDATE_GOLDEN=1). Read when each test runs."""
+    value = os.environ.get("SAVI_UPDATE_GOLDEN", "")
+    if value not in ("", "1"):
+        pytest.fail(f"SAVI_UPDATE_GOLDEN={value!r}: set it to 1 to rewrite the golden files, or unset it to compare")
+    return value == "1"
+
 
 SAMPLE_FIELDS = {
     "n": 3,
@@ -66,9 +76,13 @@ GOLDEN = golden_renderings()
 def test_golden(filename):
     path = GOLDEN_DIR / filename
     expected = GOLDEN[filename].encode("utf-8")
-    if UPDATE_GOLDEN:
+    if updating_golden():
+        before = path.read_bytes() if path.exists() else None
         GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
         path.write_bytes(expected)
+        pytest.fail(f"{path} was rewritten ({'unchanged' if before == expected else 'CHANGED'}) because "
+                    "SAVI_UPDATE_GOLDEN=1: review the golden files (git diff tests/golden), then run the tests again "
+                    "without SAVI_UPDATE_GOLDEN", pytrace=False)
     assert path.exists(), f"{path} is missing; run SAVI_UPDATE_GOLDEN=1 pytest {__file__}"
     assert path.read_bytes() == expected, (
         f"{filename}: the rendered prompt changed. If that was intended, bump the prompt's version and run "
@@ -78,11 +92,41 @@ def test_golden(filename):
 
 def test_no_stale_golden_files():
     stale = sorted(p.name for p in GOLDEN_DIR.glob("*.txt") if p.name not in GOLDEN)
-    if UPDATE_GOLDEN:
+    if updating_golden():
         for name in stale:
             (GOLDEN_DIR / name).unlink()
-        stale = []
+        pytest.fail(f"stale golden files deleted because SAVI_UPDATE_GOLDEN=1: {stale or 'none'}; review, then run "
+                    "the tests again without SAVI_UPDATE_GOLDEN", pytrace=False)
     assert stale == [], f"golden files for templates that no longer exist: {stale}"
+
+
+def test_golden_tests_compare_without_the_variable_and_fail_with_it(tmp_path, monkeypatch):
+    """The guard itself, on a scratch copy: never the committed files."""
+    filename = sorted(GOLDEN)[0]
+    monkeypatch.setattr(sys.modules[__name__], "GOLDEN_DIR", tmp_path)
+    monkeypatch.delenv("SAVI_UPDATE_GOLDEN", raising=False)
+    (tmp_path / filename).write_bytes(b"a prompt that drifted")
+    (tmp_path / "gone.template.txt").write_bytes(b"a template that no longer exists")
+    with pytest.raises(AssertionError, match="the rendered prompt changed"):
+        test_golden(filename)
+    with pytest.raises(AssertionError, match=r"no longer exist: \['gone.template.txt'\]"):
+        test_no_stale_golden_files()
+
+    monkeypatch.setenv("SAVI_UPDATE_GOLDEN", "1")
+    with pytest.raises(pytest.fail.Exception, match=r"was rewritten \(CHANGED\).*review the golden files"):
+        test_golden(filename)
+    assert (tmp_path / filename).read_bytes() == GOLDEN[filename].encode("utf-8")
+    with pytest.raises(pytest.fail.Exception, match=r"was rewritten \(unchanged\)"):
+        test_golden(filename)  # even when nothing changed: a leaked variable never passes
+    with pytest.raises(pytest.fail.Exception, match=r"stale golden files deleted .*gone.template.txt"):
+        test_no_stale_golden_files()
+    assert not (tmp_path / "gone.template.txt").exists()
+
+    monkeypatch.setenv("SAVI_UPDATE_GOLDEN", "yes")
+    with pytest.raises(pytest.fail.Exception, match="set it to 1 to rewrite the golden files, or unset it"):
+        test_golden(filename)
+    monkeypatch.delenv("SAVI_UPDATE_GOLDEN")
+    test_golden(filename)  # the rewritten file now compares equal
 
 
 # ---------------------------------------------------------------------------------------------------------------

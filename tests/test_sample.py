@@ -1,7 +1,6 @@
 """`savi sample`: real videos written with PyAV, decoded through the production path."""
 
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -240,8 +239,12 @@ def test_cli_errors_are_one_line(tmp_path):
     result = CliRunner().invoke(app, ["sample", str(tmp_path / "missing.mp4")])
     assert result.exit_code == 1
     assert result.stderr == f"Error: no such file or folder: {tmp_path / 'missing.mp4'}\n"
-    bad_round = CliRunner().invoke(app, ["sample", str(tmp_path), "--frames", "0"])
-    assert bad_round.exit_code == 2 and "Invalid value for '--frames'" in bad_round.stderr
+    # An out-of-range flag is a usage error (exit 2): Typer's usage lines, then its one `Error:` line.
+    bad_frames = CliRunner().invoke(app, ["sample", str(tmp_path), "--frames", "0"])
+    assert bad_frames.exit_code == 2 and bad_frames.stdout == ""
+    assert bad_frames.stderr.splitlines() == [
+        "Usage: savi sample [OPTIONS] {videos}...", "Try 'savi sample --help' for help.", "",
+        "Error: Invalid value for '--frames': Input should be greater than or equal to 1"]
 
 
 def test_cli_query_answers_in_every_format(example_set):
@@ -257,6 +260,7 @@ def test_cli_query_answers_in_every_format(example_set):
     assert '"n": 7' in runner.invoke(app, ["query", sql, "-f", "json"]).stdout
     failed = runner.invoke(app, ["query", "select * from nowhere"])
     assert failed.exit_code == 1 and failed.stderr.startswith("Error: query failed: ")
+    assert len(failed.stderr.splitlines()) == 1 and failed.stdout == ""
     status = runner.invoke(app, ["status"])
     assert "samples  done   11" in status.stdout and "1 x empty file (0 bytes)" in status.stdout
 
@@ -264,39 +268,54 @@ def test_cli_query_answers_in_every_format(example_set):
 def test_kill_9_during_sample_then_rerun_gives_the_uninterrupted_result(tmp_path, workspace):
     folder = tmp_path / "v"
     folder.mkdir()
-    # Enough work for several flushes (one a second), so there is more than one moment to kill it at.
-    for n in range(120):
-        synthetic.write_video(folder / f"clip{n}.mp4", num_frames=48, seed=n, size=(256, 192))
+    # More than three times the 64 rows after which a part is always flushed (a slower machine also flushes once a
+    # second): even the fastest machine has several parts to write, so there is more than one moment to kill it at.
+    videos = 200
+    for n in range(videos):
+        synthetic.write_video(folder / f"clip{n}.mp4", num_frames=24, seed=n, size=(96, 64))
     savi = [sys.executable, "-c", "from savi_cli.main import app; app()"]
     args = ["sample", str(folder), "--frames", "6", "--workers", "1"]
     env = dict(os.environ, SAVI_HOME=str(workspace))
     subprocess.run(savi + args + ["--run", "clean"], env=env, check=True, capture_output=True)
 
-    # Kill each attempt just after it has flushed new work (plus a random delay), so every kill lands mid-work
-    # however loaded the machine is; then let the same command finish.
-    rng = random.Random(3)
-    parts = open_run("killed").artifact("samples").parts_dir
-    kills = 0
-    for _ in range(4):
+    def kill_after_a_new_part(name: str) -> bool:
+        """Start sampling into run `name`; SIGKILL it as soon as it has flushed a new part, so the kill lands
+        mid-work whatever the machine's speed. False if it finished first."""
+        parts = open_run(name).artifact("samples").parts_dir
         before = len(list(parts.glob("part-*")))
-        proc = subprocess.Popen(savi + args + ["--run", "killed"], env=env, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(savi + args + ["--run", name], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        while len(list(parts.glob("part-*"))) <= before and proc.poll() is None:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.2))
-        if proc.poll() is not None:
-            break  # it finished first: nothing left to interrupt
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        kills += 1
-    subprocess.run(savi + args + ["--run", "killed"], env=env, check=True, capture_output=True)
-    assert kills >= 2  # it really was cut off mid-work, more than once
+        deadline = time.monotonic() + 300  # only against a hang
+        try:
+            while len(list(parts.glob("part-*"))) <= before and proc.poll() is None:
+                assert time.monotonic() < deadline, "sampling flushed nothing in 300 s"
+                time.sleep(0.002)
+        finally:
+            proc.send_signal(signal.SIGKILL)  # nothing if it has already finished
+            proc.wait()
+        if proc.returncode != -signal.SIGKILL:
+            assert proc.returncode == 0, f"sampling failed with exit code {proc.returncode}"
+            return False
+        return True
 
-    killed, clean = open_run("killed"), open_run("clean")
+    # Should a run ever finish before its third kill, a fresh run starts over: never fewer kills.
+    for attempt in range(3):
+        name = f"killed{attempt}"
+        kills = 0
+        while kills < 3 and kill_after_a_new_part(name):
+            kills += 1
+        if kills == 3:
+            break
+    assert kills == 3  # it really was cut off mid-work, more than once
+    assert open_run(name).artifact("samples").in_progress and not open_run(name).artifact("samples").complete
+    subprocess.run(savi + args + ["--run", name], env=env, check=True, capture_output=True)
+
+    killed, clean = open_run(name), open_run("clean")
     killed_rows = killed.artifact("samples").read()
     clean_rows = clean.artifact("samples").read()
+    assert killed.artifact("samples").manifest()["resumed"] is True
     assert [r.video_id for r in killed_rows] == [r.video_id for r in clean_rows]
-    assert len({r.video_id for r in killed_rows}) == 120
+    assert len({r.video_id for r in killed_rows}) == videos
     for a, b in zip(killed_rows, clean_rows):
         assert (a.frame_indices, a.timestamps_s, a.status) == (b.frame_indices, b.timestamps_s, b.status)
         assert sorted(p.name for p in (killed.path / a.frames_dir).iterdir()) == [f"{k:04d}.jpg" for k in range(6)]

@@ -4,6 +4,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,10 +66,26 @@ def test_generates_from_a_video(tiny):
     video_token_id = processor.video_token_id
     assert (inputs["input_ids"] == video_token_id).sum() > 0, f"{family}: no video placeholders in the prompt"
 
+    torch.manual_seed(0)  # some checkpoints' shipped generation configs sample
     output = model.generate(**inputs, max_new_tokens=8)
-    new_tokens = output[0, inputs["input_ids"].shape[1] :]
-    assert len(new_tokens) > 0
-    assert isinstance(processor.decode(new_tokens, skip_special_tokens=True), str)
+    new_tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
+    assert 0 < len(new_tokens) <= 8
+    eos = model.generation_config.eos_token_id
+    assert len(new_tokens) == 8 or new_tokens[-1] in (eos if isinstance(eos, list) else [eos])
+    # The decoded text is made of the generated tokens, in order, with the special ones left out. (A token that is
+    # part of a multi-byte character decodes to U+FFFD alone, so only whole tokens are looked for.)
+    text = processor.decode(new_tokens, skip_special_tokens=True)
+    special = set(processor.tokenizer.all_special_ids)
+    found, position = 0, 0
+    for token in new_tokens:
+        piece = processor.decode([token])
+        if token in special:
+            assert piece not in text, f"{family}: special token {piece!r} in the decoded text {text!r}"
+        elif piece and "\ufffd" not in piece:
+            at = text.find(piece, position)
+            assert at >= 0, f"{family}: token {piece!r} missing from the decoded text {text!r}"
+            found, position = found + 1, at + len(piece)
+    assert found > 0
 
 
 @pytest.mark.slow
@@ -119,8 +136,18 @@ def test_unknown_family_names_the_known_ones(tmp_path):
     assert not out.exists()
 
 
-def test_default_family_is_a_known_family():
+@pytest.mark.slow
+def test_the_built_folder_is_a_model_of_its_family(tiny):
+    family, folder, _, model = tiny
+    assert json.loads((folder / "config.json").read_text())["model_type"] == family
+    assert model.config.model_type == family
+
+
+@pytest.mark.slow
+def test_without_a_family_the_default_family_is_built(tmp_path):
     assert DEFAULT_FAMILY in FAMILIES
+    folder = build_tiny_model(tmp_path / "default")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == DEFAULT_FAMILY
 
 
 def test_importing_the_builder_does_not_import_torch():
