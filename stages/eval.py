@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from stages.benchmarks import BENCHMARKS, Benchmark, EvalItem, read_benchmark, submission
+from stages.benchmarks.choice import LETTERS, parse_choice
 from stages.core.errors import SaviError
 from stages.core.model import (
     Decoding,
@@ -39,7 +40,6 @@ from stages.core.model import (
     trained_adapter,
     trained_rounds,
 )
-from stages.core.parsing import LETTERS, parse_choice
 from stages.core.records import EvalResult
 from stages.core.settings import EVAL_MODES, EvalConfig, ModelConfig
 from stages.core.store import (

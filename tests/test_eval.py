@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from savi_cli.main import app
 from stages import eval as eval_stage
+from stages.benchmarks.choice import parse_choice
 from stages.core.errors import SaviError
 from stages.core.model import ModelConfig
-from stages.core.parsing import parse_choice
 from stages.core.query import run_query
 from stages.core.store import open_run
 from stages.core.video import read_frame_folder, read_video

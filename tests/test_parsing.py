@@ -9,12 +9,12 @@ import string
 
 import pytest
 
+from stages.benchmarks.choice import parse_choice
 from stages.core.parsing import (
     NO_ERRORS,
     CritiqueVerdict,
     JudgeScore,
     normalize_text,
-    parse_choice,
     parse_critique,
     parse_judge,
     parse_questions,

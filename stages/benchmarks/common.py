@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stages.benchmarks.choice import LETTERS  # the same letters the answers are read back with
 from stages.core.errors import SaviError
-from stages.core.parsing import LETTERS  # the same letters the answers are read back with
 
 
 @dataclass(frozen=True)

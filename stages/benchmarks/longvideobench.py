@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stages.benchmarks.choice import LETTERS
 from stages.benchmarks.common import (
     _ANSWER_WITH_LETTER,
     Benchmark,
@@ -28,7 +29,6 @@ from stages.benchmarks.common import (
     _where,
 )
 from stages.core.errors import SaviError
-from stages.core.parsing import LETTERS
 
 INFO = BenchmarkInfo(
     "LongVideoBench", ("val", "test"), "val", ("test",),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from stages.benchmarks.choice import LETTERS
 from stages.benchmarks.common import (
     Benchmark,
     BenchmarkInfo,
@@ -20,7 +21,6 @@ from stages.benchmarks.common import (
     _where,
 )
 from stages.core.errors import SaviError
-from stages.core.parsing import LETTERS
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from stages.benchmarks.choice import LETTERS
 from stages.benchmarks.common import (
     _ANSWER_WITH_LETTER,
     Benchmark,
@@ -25,7 +26,6 @@ from stages.benchmarks.common import (
     _where,
 )
 from stages.core.errors import SaviError
-from stages.core.parsing import LETTERS
 
 INFO = BenchmarkInfo(
     "Video-MME", ("test",), "test", (),
