@@ -113,7 +113,9 @@ def test_demo_runs_two_full_rounds_with_eval_and_ends_with_the_report(tmp_path):
     assert result.exit_code == 0, result.output
     assert "phone_rotated.mp4  ok" in result.stdout and "empty.mp4          error   empty file" in result.stdout
     assert "round 1 done" in result.stdout and "round 2 done" in result.stdout
-    assert "round 0  round 1  round 2  change" in result.stdout.split("savi report --run demo")[1]
+    shown = result.stdout.split("savi report --run demo")[1]
+    assert "round  questions  accuracy  95% CI" in shown
+    assert [line.split()[2] for line in shown.splitlines() if line.startswith("egoschema")] == ["0", "1", "2"]
     assert "meaningless text" in result.stdout
     run = open_run("demo", tmp_path / "demo" / "runs")
     for r in (1, 2):

@@ -103,11 +103,12 @@ def test_round_0_and_round_1_through_the_cli_then_report(tiny_model, tmp_path, w
 
     report = runner.invoke(app, ["report", "--run", "t", "--format", "json"])
     assert report.exit_code == 0, report.output
-    (row,) = json.loads(report.stdout)
+    base_row, row = json.loads(report.stdout)
     acc = [sum(r.correct for r in rows) / len(rows) for rows in (r0, r1)]
-    assert row["benchmark"] == "egoschema" and row["questions"] == "4"
-    assert row["round 0"] == f"{100 * acc[0]:.1f}" and row["round 1"] == f"{100 * acc[1]:.1f}"
-    assert row["change"] == f"{100 * (acc[1] - acc[0]):+.1f}"
+    assert (base_row["round"], row["round"]) == (0, 1)
+    assert row["benchmark"] == "egoschema" and row["questions"] == 4
+    assert base_row["accuracy"] == f"{100 * acc[0]:.1f}" and row["accuracy"] == f"{100 * acc[1]:.1f}"
+    assert row["vs round 0"].startswith(f"{100 * (acc[1] - acc[0]):+.1f} (p=")
     with Image.open(run.path / "report.png") as chart:
         assert chart.format == "PNG" and chart.size[0] > 300
 

@@ -16,9 +16,13 @@ def report(
     fmt: FormatOpt = "table",
     workspace: WorkspaceOpt = None,
 ) -> None:
-    """Compare rounds: accuracy per benchmark per round (round 0 is the base model), and a PNG chart of it.
+    """Compare rounds: accuracy with its 95% CI per benchmark and round, which changes are more than chance,
+    and a PNG chart of it.
 
-    The last column is the change from round 0 to the latest round, in percentage points.
+    One row per benchmark and round; round 0 is the base model. `vs round 0` and `vs previous` are changes in
+    percentage points on the questions both rounds answered, with the exact McNemar p-value; `noise` marks
+    p >= 0.05, a change that equally good models show by chance. `chance` is what guessing scores. The chart
+    draws the CIs as error bars and chance as a dashed line.
 
     Example:
 
