@@ -48,11 +48,13 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
-def report(result: Any, noun: str) -> None:
-    """One line on stderr saying what a stage did; the table's path alone on stdout, for the next stage."""
-    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+def report(result: Any, noun: str, extra: str | None = None) -> None:
+    """One line on stderr saying what a stage did (then `extra`, after a semicolon); the table's path alone on
+    stdout, for the next stage. A count that is a table of its own (a dict) stays in the manifest."""
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items() if not isinstance(v, dict))
+    tail = f"; {extra}" if extra else ""
     if result.up_to_date:
-        print(f"{noun} up to date ({counts})", file=sys.stderr)
+        print(f"{noun} up to date ({counts}){tail}", file=sys.stderr)
     else:
-        print(f"{result.items_done} {noun} done now; table holds {counts}", file=sys.stderr)
+        print(f"{result.items_done} {noun} done now; table holds {counts}{tail}", file=sys.stderr)
     print(result.path)

@@ -47,7 +47,7 @@ from stages.core.model import (
     load_model,
     load_video,
     preference_row,
-    processor_inputs,
+    reply_batch,
     resolve_device,
     resolve_dtype,
 )
@@ -231,59 +231,14 @@ class VideoPreferenceCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
-        from trl.trainer.utils import flush_left, pad
 
         videos = [load_video(self.run, self.samples[e["video_id"]]) for e in examples] * 2
-        prompts = [self._render(e["prompt"], add_generation_prompt=True) for e in examples] * 2
-        completions = [self._completion(e, key) for key in ("chosen", "rejected") for e in examples]
-        processed = processor_inputs(self.processor, videos, prompts)
-        tokenizer = self.processor.tokenizer
-        half = len(examples)
-        tokens = [tokenizer(completions[:half], padding=True, padding_side="right", add_special_tokens=False,
-                            return_tensors="pt"),
-                  tokenizer(completions[half:], padding=True, padding_side="right", add_special_tokens=False,
-                            return_tensors="pt")]
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        completion_ids = torch.cat(tuple(pad([t["input_ids"] for t in tokens], padding_value=pad_id)))
-        completion_mask = torch.cat(tuple(pad([t["attention_mask"] for t in tokens], padding_value=0)))
-
-        prompt_ids, prompt_mask = processed.pop("input_ids"), processed.pop("attention_mask")
-        batch = dict(processed)
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        completion_mask = torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)
-        # Move the left padding of the prompts to the right, so each row starts at column 0.
-        if "mm_token_type_ids" in processed:
-            mm = torch.cat([processed["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
-            attention_mask, input_ids, completion_mask, mm = flush_left(attention_mask, input_ids, completion_mask,
-                                                                        mm)
-            batch["mm_token_type_ids"] = mm
-        else:
-            attention_mask, input_ids, completion_mask = flush_left(attention_mask, input_ids, completion_mask)
-        batch.update(input_ids=input_ids, attention_mask=attention_mask, completion_mask=completion_mask)
+        prompts = [e["prompt"] for e in examples] * 2
+        replies = [e[key][0]["content"][0]["text"] for key in ("chosen", "rejected") for e in examples]
+        batch = reply_batch(self.processor, videos, prompts, replies)
         if "clip_gap" in examples[0]:
             batch["clip_gap"] = torch.tensor([e["clip_gap"] for e in examples], dtype=torch.float32)
         return batch
-
-    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
-        return self.processor.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
-
-    def _completion(self, example: dict[str, Any], key: str) -> str:
-        """The reply as the model writes it after the generation prompt: the answer, then the end-of-turn text
-        that the chat template puts after an assistant message.
-
-        Not "the whole conversation minus the prompt": some templates render an assistant turn differently from
-        their generation prompt (LLaVA-OneVision writes `<|im_start|>assistant \n` in the one and
-        `<|im_start|>assistant\n` in the other), and the model only ever continues the generation prompt.
-        """
-        answer = example[key][0]["content"][0]["text"]
-        full = self._render(example["prompt"] + example[key])
-        at = full.rfind(answer)
-        if at < 0:
-            raise SaviError("this model's chat template does not write an assistant message's text as given, so "
-                            "savi cannot tell where the answer ends")
-        return answer + full[at + len(answer):]
 
 
 class VideoDPOTrainer(DPOTrainer):

@@ -8,6 +8,7 @@ full EgoSchema, test sets) also get the submission file their leaderboard expect
 Two ways to answer:
 - likelihood (the default): one forward pass per question scores each option's label ("A", "B", ... or yes/no)
   as the first token of the reply, and the best-scoring option is the prediction. It cannot fail to parse.
+  Benchmarks whose options are whole replies (the world's) score each reply whole instead, one pass per option.
 - generate: the model writes a reply to the benchmark's lmms-eval prompt, greedily, and `parse_choice` reads
   it. Unlike the reference scorers it never guesses a random letter: an unreadable reply counts as wrong and is
   reported separately as `unparsed`.
@@ -224,16 +225,27 @@ def _answer(policy: Policy, batch: Sequence[EvalItem], videos: dict[str, Video |
             table: str) -> list[EvalResult]:
     """One row per item: scored or generated together where the video decoded, an error row where it did not."""
     ok = [i for i in batch if isinstance(videos[_video_key(i)], Video)]
-    clips = [videos[_video_key(i)] for i in ok]
-    prompts = [i.prompt for i in ok]
     answers: dict[str, tuple[int | None, str | None, str, list[float]]] = {}
     if ok and cfg.mode == "likelihood":
-        scores = policy.score_labels(clips, prompts, [labels(i) for i in ok])
-        for item, option_scores in zip(ok, scores):
+        # Benchmarks whose options are whole replies score them whole; the others score each option's label.
+        whole = [i for i in ok if i.replies]
+        by_label = [i for i in ok if not i.replies]
+        scores = {}
+        if whole:
+            scored = policy.score_replies([videos[_video_key(i)] for i in whole], [i.prompt for i in whole],
+                                          [i.replies for i in whole])
+            scores.update(zip([i.question_id for i in whole], scored))
+        if by_label:
+            scored = policy.score_labels([videos[_video_key(i)] for i in by_label], [i.prompt for i in by_label],
+                                         [labels(i) for i in by_label])
+            scores.update(zip([i.question_id for i in by_label], scored))
+        for item in ok:
+            option_scores = scores[item.question_id]
             answers[item.question_id] = (int(np.argmax(option_scores)), "likelihood", "", option_scores)
     elif ok:
-        replies = policy.generate(clips, prompts, keys=[i.question_id for i in ok],
-                                  decoding=Decoding(max_new_tokens=cfg.max_new_tokens))
+        decoding = Decoding(max_new_tokens=cfg.max_new_tokens)
+        replies = policy.generate([videos[_video_key(i)] for i in ok], [i.prompt for i in ok],
+                                  keys=[i.question_id for i in ok], decoding=decoding)
         for item, reply in zip(ok, replies):
             prediction, how = parse_choice(reply.text, item.options, item.yes_no)
             answers[item.question_id] = (prediction, how, reply.text, [])

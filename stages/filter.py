@@ -18,19 +18,34 @@ Rules, in order; the first that applies names the pair's drop reason:
 7. `low_clip_margin`: after any swap, chosen-minus-rejected CLIP score below `min_clip_margin` (unset: no drop).
 
 CLIP scores only the pairs that survive rules 1-5. Frame embeddings come from the run's cache (`stages/core/clip.py`),
-so every round after the first, and eval, pays only for the text.
+so every round after the first, and eval, pays only for the text. `--clip-frames grid` scores each text against the
+video's frames tiled in time order, which sees the direction of motion that a pooled per-frame score cannot; it is
+recorded in the manifest (as `clip_frames`), so scores made one way are never taken for the other.
 Every pair lands in `pairs.parquet`: kept ones with their CLIP scores, dropped ones with their reason.
+
+Judge agreement
+---------------
+When some of the round's questions carry their known answer (`Question.truth`: a world built for the purpose, or
+a benchmark with answers used as a probe), the manifest's counts say how often the judge's choice agrees with it,
+per question kind: `judge_agreement = {kind: {"pairs": n, "agree": k}}`. That is the figure that tells whether a
+judge will help before any GPU time goes into DPO. It counts the kept pairs (the ones DPO trains on, after any
+swap) where exactly one of the two texts is the truth, and the pair agrees when that text is the chosen one. A
+text is the truth when, compared after `normalize_text` (case, whitespace and punctuation aside), it is the truth
+itself, or, for a truth written with its option letter ("B. right", "(B) right"), the letter alone ("B") or the
+option's text alone ("right"). Nothing looser: if "it moves right" counted as "right", "not right" would too.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import asdict
+from typing import Any
 
 from stages.core.clip import ClipConfig, ClipScorer
 from stages.core.errors import SaviError
-from stages.core.parsing import similarity
-from stages.core.records import Candidate, Pair
+from stages.core.parsing import normalize_text, similarity
+from stages.core.records import Candidate, Pair, Question
 from stages.core.settings import SWAPS, FilterConfig
 from stages.core.store import ArtifactWriter, Progress, Run, StageResult, file_sha256, ticker
 
@@ -79,6 +94,9 @@ def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force:
     scorer = ClipScorer.load(clip_cfg)
     params = {**asdict(cfg), "clip": scorer.fingerprint, "clip_pooling": clip_cfg.pooling, "clip_topk": clip_cfg.topk,
               "clip_text_pooling": clip_cfg.text_pooling}
+    if clip_cfg.frames != "each":
+        # Tables made before the setting existed scored each frame, so "each" is left out: they stay up to date.
+        params["clip_frames"] = clip_cfg.frames
     art = run.artifact("pairs", round)
     writer = ArtifactWriter(art, params=params, inputs={"candidates": file_sha256(candidates_art.path)},
                             force=force, incremental=True)
@@ -116,4 +134,48 @@ def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force:
     counts = {"candidates": len(rows), "kept": sum(p.kept for p in rows),
               "clip_scored": sum(p.chosen_clip is not None for p in rows), "swapped": sum(p.swapped for p in rows),
               **{f"dropped_{reason}": n for reason, n in sorted(dropped.items())}}
+    questions = run.artifact("questions", round)
+    agreement = judge_agreement(rows, questions.read() if questions.complete else [])
+    if agreement:
+        counts["judge_agreement"] = agreement
     return writer.finish_result(len(todo), counts, keep=current)
+
+
+# An option letter and its text, as benchmarks write them: "B. right", "B) right", "(B) right", "B: right".
+_LETTERED = re.compile(r"^\s*\(?([A-J])\s*[.):]\s*(\S.*)$", re.DOTALL)
+
+
+def truth_forms(truth: str) -> set[str]:
+    """The normalised texts that count as naming the truth: itself, plus its letter and its option text when it
+    is written with an option letter."""
+    forms = {normalize_text(truth)}
+    lettered = _LETTERED.match(truth)
+    if lettered:
+        forms |= {normalize_text(lettered.group(1)), normalize_text(lettered.group(2))}
+    return forms - {""}
+
+
+def judge_agreement(pairs: list[Pair], questions: list[Question]) -> dict[str, dict[str, int]]:
+    """Per question kind with a known answer: the kept pairs with exactly one text naming the truth, and how many
+    of them chose it. Empty when no question has a truth (see "Judge agreement" in the module docstring)."""
+    known = {q.question_id: q for q in questions if q.truth is not None and q.truth.strip()}
+    agreement = {kind: {"pairs": 0, "agree": 0} for kind in sorted({q.kind for q in known.values()})}
+    for pair in pairs:
+        question = known.get(pair.question_id)
+        if question is None or not pair.kept:
+            continue
+        forms = truth_forms(question.truth)
+        chosen, rejected = normalize_text(pair.chosen) in forms, normalize_text(pair.rejected) in forms
+        if chosen != rejected:
+            agreement[question.kind]["pairs"] += 1
+            agreement[question.kind]["agree"] += chosen
+    return agreement
+
+
+def agreement_summary(agreement: dict[str, Any]) -> str:
+    """One line for people: "judge agrees with the truth on 41/50 pairs (82%): direction 15/24, colour 26/26"."""
+    pairs = sum(n["pairs"] for n in agreement.values())
+    agree = sum(n["agree"] for n in agreement.values())
+    share = f" ({agree / pairs:.0%})" if pairs else ""
+    per_kind = ", ".join(f"{kind} {n['agree']}/{n['pairs']}" for kind, n in agreement.items())
+    return f"judge agrees with the truth on {agree}/{pairs} pairs{share}: {per_kind}"

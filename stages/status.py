@@ -36,7 +36,8 @@ def describe_runs(workspace: str | Path | None = None, run: str | None = None) -
                     tables.append({"round": round, "table": name, "state": "damaged", "rows": None,
                                    "detail": redo_hint(art.path, art.spec)})
                     continue
-                counts = ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items())
+                counts = ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items()
+                                   if not isinstance(v, dict))  # a table of counts stays in the manifest
                 tables.append({"round": round, "table": name, "state": "done", "rows": manifest.get("rows"),
                                "detail": counts})
             elif art.in_progress or art.path.is_file():

@@ -521,7 +521,7 @@ def test_unknown_benchmark_and_split(tmp_path):
     with pytest.raises(SaviError) as err:
         read_benchmark("kinetics", tmp_path)
     assert str(err.value) == ("unknown benchmark 'kinetics'; known benchmarks: egoschema, mvbench, nextqa, "
-                              "perceptiontest, tempcompass, longvideobench, videomme")
+                              "perceptiontest, tempcompass, longvideobench, videomme, world")
     with pytest.raises(SaviError, match=r"unknown split 'train' for NExT-QA; known splits: val, test$"):
         read_benchmark("nextqa", tmp_path, "train")
 
@@ -634,3 +634,9 @@ def test_a_large_split_resolves_only_the_videos_that_exist(tmp_path):
     assert len(bench.items) == 20000
     assert sum(item.video is not None for item in bench.items) == 10
 
+
+
+def test_the_eval_help_names_every_benchmark_in_order():
+    from savi_cli.commands.eval import BENCHMARK_NAMES  # hand-written there, so the CLI starts without the readers
+
+    assert BENCHMARK_NAMES.split(", ") == list(BENCHMARKS)

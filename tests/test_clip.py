@@ -2,7 +2,8 @@
 
 Random weights say nothing about grounding, so nothing here claims a text matches a video. What is checked: shapes
 and normalisation, the frame-embedding cache (written once, reused, keyed by model, repaired when damaged), the
-splitting of long texts, the pooling arithmetic (on hand-made embeddings), determinism, and the errors.
+splitting of long texts, the pooling arithmetic (on hand-made embeddings), the frames tiled in a grid (layout,
+order, cache, the flag), determinism, and the errors.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from stages.core import clip_weights, hub
-from stages.core.clip import ClipConfig, ClipScorer, pooled_score, split_sentences
+from stages.core.clip import ClipConfig, ClipScorer, grid_indices, pooled_score, split_sentences, tile_grid
 from stages.core.errors import SaviError
 from stages.offline.tiny_clip import build_tiny_clip
 
@@ -291,6 +292,100 @@ def test_bad_pooling_options_are_user_errors():
         ClipConfig(text_pooling="topk")
     with pytest.raises(SaviError, match="topk"):
         ClipConfig(topk=0)
+    with pytest.raises(SaviError, match="unknown CLIP frames 'strip': use one of each, grid"):
+        ClipConfig(frames="strip")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Frames tiled in a grid (--clip-frames grid)
+
+
+def test_grid_picks_evenly_spaced_frames_in_time_order():
+    assert grid_indices(8) == [0, 2, 5, 7]
+    assert grid_indices(32) == [0, 10, 21, 31]
+    assert grid_indices(4) == [0, 1, 2, 3]
+    assert grid_indices(3) == [0, 1, 1, 2]  # fewer frames than tiles: some repeat, the order stays
+    assert grid_indices(2) == [0, 0, 1, 1]
+    assert grid_indices(1) == [0, 0, 0, 0]
+    assert grid_indices(10, tiles=9) == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+
+
+def test_grid_places_the_central_square_of_each_picked_frame_row_major():
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, size=(8, 6, 10, 3), dtype=np.uint8)  # 8 frames, 6 px high, 10 px wide
+    grid = tile_grid(wide)
+    assert grid.shape == (12, 12, 3) and grid.dtype == np.uint8
+    # Frames 0, 2, 5 and 7; each the 6 x 6 square at columns 2-7 (the centre of 10 columns).
+    np.testing.assert_array_equal(grid[:6, :6], wide[0, :, 2:8])
+    np.testing.assert_array_equal(grid[:6, 6:], wide[2, :, 2:8])
+    np.testing.assert_array_equal(grid[6:, :6], wide[5, :, 2:8])
+    np.testing.assert_array_equal(grid[6:, 6:], wide[7, :, 2:8])
+    assert grid[0, 6].tolist() == wide[2, 0, 2].tolist() and grid[11, 11].tolist() == wide[7, 5, 7].tolist()
+
+    tall = rng.integers(0, 256, size=(4, 9, 5, 3), dtype=np.uint8)  # rows 2-6 are the central square
+    grid = tile_grid(tall)
+    assert grid.shape == (10, 10, 3)
+    for k in range(4):
+        row, col = divmod(k, 2)
+        np.testing.assert_array_equal(grid[5 * row:5 * row + 5, 5 * col:5 * col + 5], tall[k, 2:7])
+    with pytest.raises(ValueError):
+        tile_grid(np.zeros((0, 4, 4, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def grid_scorer(scorer) -> ClipScorer:
+    return ClipScorer.load(dataclasses.replace(scorer.cfg, frames="grid"))
+
+
+def test_grid_scores_texts_against_one_embedding_of_the_tiled_frames(grid_scorer, scorer, sampled_run, samples,
+                                                                     monkeypatch):
+    from stages.core.video import load_frames
+
+    sample = samples[0]
+    assert grid_scorer.key == scorer.key  # the same model: one cache folder, the grid in a file of its own
+    video = grid_scorer.video_embeddings(sampled_run, sample)
+    assert video.shape == (1, 32) and video.dtype == np.float32
+    image = grid_scorer.encode_frames(tile_grid(load_frames(sampled_run.path / sample.frames_dir))[None])
+    np.testing.assert_allclose(video, image, atol=1e-6)
+    texts = ["a red square moves to the right", " ".join(SENTENCES)]
+    embedded = grid_scorer.text_embeddings(texts)
+    scores = grid_scorer.score_texts(sampled_run, sample, texts)
+    assert scores[0] == pytest.approx(float(image[0] @ embedded[0][0]), abs=1e-6)  # the cosine, nothing else
+    assert scores[1] == pytest.approx(float((embedded[1] @ image[0]).mean()), abs=1e-6)  # sentences: the mean
+    assert scores != pytest.approx(scorer.score_texts(sampled_run, sample, texts), abs=1e-6)
+
+    path = grid_scorer.grid_cache_path(sampled_run, sample.video_id)
+    assert path == sampled_run.path / "clip" / scorer.key / "grid-2x2" / f"{sample.video_id}.npy"
+    np.testing.assert_array_equal(np.load(path), video)
+    # The per-frame cache is separate (written above by `scorer`, (4, D)), and neither overwrote the other.
+    assert np.load(scorer.cache_path(sampled_run, sample.video_id)).shape == (4, 32)
+
+    def fail(frames):
+        raise AssertionError("the grid was embedded again instead of read from the cache")
+
+    monkeypatch.setattr(grid_scorer, "encode_frames", fail)
+    assert grid_scorer.score_texts(sampled_run, sample, texts) == scores
+
+
+def test_reversed_frames_change_the_grid_score_but_not_the_per_frame_mean(scorer, grid_scorer, sampled_run,
+                                                                          samples):
+    # The same clip played backwards: the same frames, so "moves right" and "moves left" swap truth.
+    forward = samples[0]
+    files = sorted((sampled_run.path / forward.frames_dir).glob("*.jpg"))
+    backward_dir = sampled_run.path / "frames" / "backward"
+    backward_dir.mkdir()
+    for name, source in zip(files, reversed(files)):
+        shutil.copyfile(source, backward_dir / name.name)
+    backward = dataclasses.replace(forward, video_id="backward", frames_dir="frames/backward")
+    texts = ["a red square moves to the right", "a red square moves to the left"]
+
+    # A mean over frames cannot tell the two apart: it is the same set of frames.
+    assert scorer.score_texts(sampled_run, backward, texts) == pytest.approx(
+        scorer.score_texts(sampled_run, forward, texts), abs=1e-9)
+    # The grid can: the tiles change places. (Random weights: the gap is small, but far above rounding.)
+    ahead = grid_scorer.score_texts(sampled_run, forward, texts)
+    behind = grid_scorer.score_texts(sampled_run, backward, texts)
+    assert max(abs(a - b) for a, b in zip(ahead, behind)) > 1e-4
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -419,3 +514,48 @@ def test_weights_that_do_not_fit_the_architecture(tiny_clip, tmp_path):
     (wider / "open_clip_config.json").write_text(json.dumps(config))
     with pytest.raises(SaviError, match="could not load CLIP local-dir:.*wider with weights .*safetensors"):
         ClipScorer.load(ClipConfig(model=f"local-dir:{wider}", weights=str(tiny_clip / "open_clip_model.safetensors")))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The flag
+
+
+@pytest.mark.slow
+def test_savi_filter_clip_frames_grid_scores_with_the_grid_and_records_it(tiny_clip, sampled_run, samples):
+    from typer.testing import CliRunner
+
+    from savi_cli.main import app
+    from stages.core.records import Candidate
+    from stages.core.store import ArtifactWriter
+
+    writer = ArtifactWriter(sampled_run.artifact("candidates", 1), params={}, inputs={})
+    for k, sample in enumerate(samples):
+        writer.add(Candidate(f"p{k}", sample.video_id, f"q{k}", "Which way does the shape move?",
+                             "The shape moves to the right.", "The shape moves up and away.", "revision", f"a{k}",
+                             f"c{k}", "critique", None, None, True, None))
+    writer.finish()
+
+    def savi_filter(*flags):
+        return CliRunner().invoke(app, ["filter", "--run", "t", "--round", "1", "--clip-model",
+                                        f"local-dir:{tiny_clip}", "--device", "cpu", *flags])
+
+    result = savi_filter("--clip-frames", "grid")
+    assert result.exit_code == 0, result.output
+    art = sampled_run.artifact("pairs", 1)
+    assert art.manifest()["params"]["clip_frames"] == "grid"
+    grid = ClipScorer.load(ClipConfig(model=f"local-dir:{tiny_clip}", device="cpu", frames="grid"))
+    by_video = {s.video_id: s for s in samples}
+    for pair in art.read():
+        expected = grid.score_texts(sampled_run, by_video[pair.video_id], [pair.chosen, pair.rejected])
+        np.testing.assert_allclose([pair.chosen_clip, pair.rejected_clip], expected, atol=1e-5)
+
+    # Scores made from the grid are not taken for per-frame ones: the default refuses, --force redoes them.
+    refused = savi_filter()
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("Error: ") and "clip_frames: 'grid' -> None" in refused.stderr
+    assert savi_filter("--force").exit_code == 0
+    assert "clip_frames" not in art.manifest()["params"]
+    each = ClipScorer.load(ClipConfig(model=f"local-dir:{tiny_clip}", device="cpu"))
+    for pair in art.read():
+        expected = each.score_texts(sampled_run, by_video[pair.video_id], [pair.chosen, pair.rejected])
+        np.testing.assert_allclose([pair.chosen_clip, pair.rejected_clip], expected, atol=1e-5)

@@ -245,7 +245,7 @@ def test_cli_errors_for_bad_benchmarks_are_one_line(tmp_path, workspace, tiny_mo
     base = ["--data", str(tmp_path), "--model", str(tiny_model())]
     unknown = one_error_line(runner.invoke(app, ["eval", "egoshema"] + base))
     assert unknown == ("Error: unknown benchmark 'egoshema'; known benchmarks: egoschema, mvbench, nextqa, "
-                       "perceptiontest, tempcompass, longvideobench, videomme\n")
+                       "perceptiontest, tempcompass, longvideobench, videomme, world\n")
     missing = one_error_line(runner.invoke(app, ["eval", "nextqa"] + base))
     assert missing.startswith(f"Error: NExT-QA: found no val.csv or MC/val-00000-of-00001.parquet in {tmp_path}; ")
     (tmp_path / "questions.json").write_text('[{"q_uid": "a",}]')

@@ -231,3 +231,30 @@ def test_labels_that_share_a_first_token_are_refused(tiny_model, sampled_run):
     policy = Policy.load(ModelConfig(id=str(tiny_model())))
     with pytest.raises(SaviError, match="share first tokens.*--mode generate"):
         policy.score_labels(videos_of(sampled_run)[:1], PROMPTS[:1], [[("A",), ("A",)]])
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_score_replies_sums_each_whole_reply_as_the_model_writes_it_whatever_the_batch(family, tiny_model,
+                                                                                       sampled_run):
+    from stages.core.model import chat, completion_text, reply_batch
+
+    policy = Policy.load(ModelConfig(id=str(tiny_model(family)), device="cpu", batch_size=2))
+    first, second = videos_of(sampled_run)[:2]
+    prompts = ["Which way does the square move?", "What colour is the shape?"]
+    replies = [["It moves left.", "It moves right, to the edge."], ["Red.", "Blue, mostly.", "Green"]]
+    scores = policy.score_replies([first, second], prompts, replies)
+
+    # Each reply alone, unpadded, through a plain forward pass over every position.
+    for video, prompt, options, got in zip([first, second], prompts, replies, scores):
+        assert len(got) == len(options)
+        for reply, score in zip(options, got):
+            batch = reply_batch(policy.processor, [video], [chat(prompt)], [reply])
+            mask = batch.pop("completion_mask")[0].bool()
+            ids = batch["input_ids"][0]
+            # The reply is scored as the model writes it: its text, then the template's end of turn.
+            written = policy.processor.tokenizer.decode(ids[mask])
+            assert written == completion_text(policy.processor, chat(prompt), reply) and written != reply
+            with torch.inference_mode():
+                logits = policy.model(**batch).logits[0, :-1].float()
+            taken = torch.log_softmax(logits, dim=-1).gather(-1, ids[1:, None])[:, 0]
+            assert score == pytest.approx(taken[mask[1:]].sum().item(), abs=2e-3)

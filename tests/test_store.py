@@ -56,9 +56,9 @@ def test_finish_writes_table_then_manifest_and_removes_parts():
     assert art.complete and not art.parts_dir.exists()
     table = read_table(art.path, QUESTIONS)
     assert table.column("question_id").to_pylist() == ["v0-q3", "v1-q0", "v1-q1"]  # sorted by the spec order
-    assert pq.read_schema(art.path).metadata[b"savi.schema"] == b"questions/1"
+    assert pq.read_schema(art.path).metadata[b"savi.schema"] == b"questions/2"
     manifest = json.loads(art.manifest_path.read_text())
-    assert manifest["schema"] == "questions/1"
+    assert manifest["schema"] == "questions/2"
     assert manifest["rows"] == 3 and manifest["params"] == {"per_video": 2}
     assert manifest["inputs"] == {"samples": "abc"}
     assert manifest["code_version"].startswith("0.1.0")
@@ -145,7 +145,7 @@ def test_newer_or_foreign_schema_is_a_clear_error():
     art = run.artifact("questions", 1)
     table = pq.read_table(art.path).replace_schema_metadata({b"savi.schema": b"questions/99"})
     pq.write_table(table, art.path)
-    with pytest.raises(SaviError, match=r"schema questions/99, newer than this savi understands \(questions/1\)"):
+    with pytest.raises(SaviError, match=r"schema questions/99, newer than this savi understands \(questions/2\)"):
         art.read()
     pq.write_table(pa.table({"x": [1]}), art.path)
     with pytest.raises(SaviError, match="is not a savi 'questions' table"):
@@ -160,11 +160,11 @@ def test_newer_schema_through_the_cli_is_one_line(tmp_path):
     run = open_run("r")
     write_questions(run, 1, [question("v1", 1)])
     manifest = run.artifact("questions", 1).manifest_path
-    manifest.write_text(manifest.read_text().replace('"questions/1"', '"questions/7"'))
+    manifest.write_text(manifest.read_text().replace('"questions/2"', '"questions/7"'))
     result = CliRunner().invoke(app, ["status"])
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        f"Error: {manifest} has schema questions/7, newer than this savi understands (questions/1); "
+        f"Error: {manifest} has schema questions/7, newer than this savi understands (questions/2); "
         "upgrade savi, or rewrite the table with --force"]
 
 

@@ -8,7 +8,7 @@ from savi_cli.options import ForceOpt, WorkspaceOpt, with_settings
 from savi_cli.progress import progress_bar
 from stages.core.settings import EvalConfig, ModelConfig
 
-BENCHMARK_NAMES = "egoschema, mvbench, nextqa, perceptiontest, tempcompass, longvideobench, videomme"
+BENCHMARK_NAMES = "egoschema, mvbench, nextqa, perceptiontest, tempcompass, longvideobench, videomme, world"
 
 
 @user_errors

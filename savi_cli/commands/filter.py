@@ -30,4 +30,5 @@ def filter(input: InputArg = None, run: StageRunOpt = None, round: RoundOpt = No
     with the_run.lock():
         result = filter_stage.run(the_run, the_round, cfg, clip_cfg, force=force,
                                   progress=lambda total: progress_bar(total, "filter", "pair"))
-    report(result, "pairs")
+    agreement = result.counts.get("judge_agreement")
+    report(result, "pairs", extra=filter_stage.agreement_summary(agreement) if agreement else None)

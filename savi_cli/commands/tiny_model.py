@@ -46,3 +46,33 @@ def tiny_clip(
     from stages.offline.tiny_clip import build_tiny_clip
 
     typer.echo(str(build_tiny_clip(out_dir, seed=seed)))
+
+
+@user_errors
+def world(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the world into (new, empty, or an earlier world).")],
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the world: the same seed writes the same bytes.")] = 0,
+    small: Annotated[bool, typer.Option("--small", help="A tenth of the default size (265 clips instead of "
+                                                        "2,650), for a first look.")] = False,
+) -> None:
+    """Build a world where the truth is known: clips of moving shapes, and questions about them with answers.
+
+    Each clip holds one or two shapes of known colour, kind and direction. Two questions per clip (which way does
+    a shape move, what colour is the shape that moves a given way), each with 4 options, in the splits train,
+    judge, pool, val and test. `savi eval world --data OUT_DIR` scores a model on them like any benchmark.
+    Rebuilding with the same seed and size does nothing.
+
+    Example:
+
+        savi world worlds/w0 --seed 0
+    """
+    from savi_cli.progress import progress_bar
+    from stages.offline.world import SIZES, SMALL_SIZES, build_world
+
+    sizes = SMALL_SIZES if small else SIZES
+    folder = build_world(out_dir, seed=seed, sizes=sizes,
+                         progress=lambda total: progress_bar(total, "world", "clip"))
+    splits = ", ".join(f"{split} {n}" for split, n in sizes.items())
+    typer.echo(f"world of seed {seed}: {sum(sizes.values())} clips ({splits}), "
+               f"{2 * sum(sizes.values())} questions", err=True)
+    typer.echo(str(folder))

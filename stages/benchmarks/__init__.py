@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from stages.benchmarks import egoschema, longvideobench, mvbench, nextqa, perceptiontest, tempcompass, videomme
+from stages.benchmarks import egoschema, longvideobench, mvbench, nextqa, perceptiontest, tempcompass, videomme, world
 from stages.benchmarks.common import VIDEO_EXTENSIONS, Benchmark, BenchmarkInfo, EvalItem, _VideoFinder
 from stages.benchmarks.mvbench import MVBENCH_FRAME_FPS, MVBENCH_TASKS
 from stages.benchmarks.tempcompass import TEMPCOMPASS_TASKS
@@ -26,7 +26,7 @@ __all__ = ["BENCHMARKS", "MVBENCH_FRAME_FPS", "MVBENCH_TASKS", "TEMPCOMPASS_TASK
            "BenchmarkInfo", "EvalItem", "read_benchmark", "submission"]
 
 _MODULES = {"egoschema": egoschema, "mvbench": mvbench, "nextqa": nextqa, "perceptiontest": perceptiontest,
-            "tempcompass": tempcompass, "longvideobench": longvideobench, "videomme": videomme}
+            "tempcompass": tempcompass, "longvideobench": longvideobench, "videomme": videomme, "world": world}
 BENCHMARKS: dict[str, BenchmarkInfo] = {name: module.INFO for name, module in _MODULES.items()}
 _READERS: dict[str, Callable[[Path, str, _VideoFinder], Benchmark]] = {
     name: module.read for name, module in _MODULES.items()}

@@ -41,6 +41,9 @@ class EvalItem:
     start_s: float | None = None   # temporal bounds in seconds (MVBench bounded tasks only)
     end_s: float | None = None
     frame_fps: float | None = None  # set only when `video` is a folder of frames (MVBench episodic_reasoning: 3.0)
+    replies: tuple[str, ...] | None = None  # a full reply per option, scored whole after `prompt` in likelihood
+                                           # mode (lmms-eval's log-likelihood multiple choice); None: the
+                                           # option labels are scored as the reply's first token
 
 
 @dataclass

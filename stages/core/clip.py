@@ -18,6 +18,9 @@ of the S segments of a text (see "Long texts" below), all L2-normalised. The per
 so the score is always in [-1, 1]. No logit scale and no softmax: the raw cosine keeps scores comparable across
 texts of one video, which is all the swap rule needs.
 
+With ``frames = "grid"`` (see "Frames in a grid" below) the video is one image instead of T frames: T = 1, so
+``v_j`` is that image's cosine with segment j whatever the frame pooling, and the text pooling is unchanged.
+
 Defaults, and why:
 
 * Frames pooled by **mean**. One odd frame (a scene cut, motion blur, a black frame at the start) moves the mean by
@@ -29,6 +32,25 @@ Defaults, and why:
 * Segments pooled by **mean**. A response is judged on all of its claims, so one hallucinated sentence lowers the
   score. With ``max``, a response with one well grounded sentence and three invented ones would score as well as a
   fully grounded one, which is exactly what the filter is meant to catch.
+
+Frames in a grid
+----------------
+A pooled score over frames embedded one by one cannot see time: the mean (and the max, and the top k) of a set of
+cosines is the same whatever order the frames come in, so "moves left" and "moves right" score alike whenever
+the frames show the same places (a study on moving shapes found such a judge right on 55% of the pairs that
+disagree on direction, against 93% for one that sees the frames tiled in time order). With ``frames = "grid"``
+each video becomes one image, embedded once:
+
+* ``GRID_SIDE`` x ``GRID_SIDE`` tiles (2 x 2, four frames), filled row-major in time order: the first frame top
+  left, the second top right, the third bottom left, the last bottom right. Two per side because CLIP reads its
+  input at 224 px (ViT-B-32: 7 x 7 patches of 32 px), so a 2 x 2 tile keeps about 3 x 3 patches of each frame;
+  a 3 x 3 grid would leave about 2 x 2, too few to see a shape.
+* The frames are picked evenly spaced from first to last, ``round(linspace(0, T - 1, 4))``: of 8 frames 0, 2, 5
+  and 7, of 32 frames 0, 10, 21 and 31, so the grid spans the whole clip. A video with fewer than four frames
+  repeats some (of 2: 0, 0, 1, 1), which keeps the order and leaves no blank tile.
+* Each tile is the central square of its frame, the part CLIP's preprocessing (resize the shorter side, crop the
+  centre) keeps of a frame shown alone; tiling whole wide frames would make the grid as wide as one frame and
+  the crop would then cut away the outer halves of the left and right tiles.
 
 Long texts
 ----------
@@ -43,15 +65,16 @@ Frame-embedding cache
 Frames never change within a run, and the filter of every round and every evaluation scores against the same
 frames, so each video's frames are embedded once per CLIP model and kept in the run:
 
-    <run>/clip/<key>/<video_id>.npy     float32 (T, D), L2-normalised rows, in frame order
-    <run>/clip/<key>/info.json          what produced them (model, weights, preprocessing)
+    <run>/clip/<key>/<video_id>.npy             float32 (T, D), L2-normalised rows, in frame order
+    <run>/clip/<key>/grid-2x2/<video_id>.npy    float32 (1, D), the grid image's embedding (frames = "grid")
+    <run>/clip/<key>/info.json                  what produced them (model, weights, preprocessing)
 
 ``key`` (``ClipScorer.key``) is a readable label plus a fingerprint of the architecture and weights: the model
 name and pretrained tag, or the sha256 of a weights file, or the config and weights files of a ``local-dir:``
-folder, plus the image preprocessing. Different models or weights never share a folder. Files are written to a
-temporary name and renamed, so a killed process leaves either a whole file or none. A cache file that cannot be
-read, has the wrong shape, or is older than the video's frames (the run was re-sampled with ``--force``) is
-recomputed and replaced.
+folder, plus the image preprocessing. Different models or weights never share a folder, and the two views of a
+video (its frames, its grid) never share a file. Files are written to a temporary name and renamed, so a killed
+process leaves either a whole file or none. A cache file that cannot be read, has the wrong shape, or is older
+than the video's frames (the run was re-sampled with ``--force``) is recomputed and replaced.
 
 Which model and weights a `ClipConfig` names, and how they are found offline: `stages/core/clip_weights.py`.
 """
@@ -59,6 +82,7 @@ Which model and weights a `ClipConfig` names, and how they are found offline: `s
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +96,7 @@ from stages.core.settings import ClipConfig
 from stages.core.store import Run, atomic_path, fingerprint, slug, write_json
 
 CACHE_FORMAT = 1  # bump when the cached embeddings change meaning; it is part of the key
+GRID_SIDE = 2  # tiles per side of a `frames = "grid"` image: see "Frames in a grid" in the module docstring
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*\n+\s*")
 
@@ -132,8 +157,35 @@ class ClipScorer:
     def cache_path(self, run: Run, video_id: str) -> Path:
         return self.cache_dir(run) / f"{video_id}.npy"
 
+    def grid_cache_path(self, run: Run, video_id: str) -> Path:
+        return self.cache_dir(run) / f"grid-{GRID_SIDE}x{GRID_SIDE}" / f"{video_id}.npy"
+
+    def video_embeddings(self, run: Run, sample: Sample) -> np.ndarray:
+        """What texts are scored against, as the config's `frames` says: (T, D) embeddings of the frames one by
+        one, or the (1, D) embedding of the frames tiled in a grid."""
+        if self.cfg.frames == "grid":
+            return self.grid_embedding(run, sample)
+        return self.frame_embeddings(run, sample)
+
     def frame_embeddings(self, run: Run, sample: Sample) -> np.ndarray:
         """(T, D) L2-normalised float32 embeddings of the video's sampled frames, from the run's cache if valid."""
+        from stages.core.video import load_frames
+
+        folder, frame_files = self._frame_files(run, sample)
+        return self._cached(run, self.cache_path(run, sample.video_id), frame_files, len(frame_files),
+                            lambda: self.encode_frames(load_frames(folder)))
+
+    def grid_embedding(self, run: Run, sample: Sample) -> np.ndarray:
+        """(1, D) L2-normalised float32 embedding of the video's frames tiled in time order (`tile_grid`), from the
+        run's cache if valid."""
+        from stages.core.video import load_frames
+
+        folder, frame_files = self._frame_files(run, sample)
+        return self._cached(run, self.grid_cache_path(run, sample.video_id), frame_files, 1,
+                            lambda: self.encode_frames(tile_grid(load_frames(folder))[None]))
+
+    def _frame_files(self, run: Run, sample: Sample) -> tuple[Path, list[Path]]:
+        """The video's frames folder and its frame files, or a one-line error saying why there are none."""
         if sample.status != "ok" or not sample.frames_dir:
             raise SaviError(f"video {sample.video_id} has no sampled frames ({sample.error or sample.status}); "
                             "only videos with status ok can be scored")
@@ -142,20 +194,22 @@ class ClipScorer:
         if not frame_files:
             raise SaviError(f"the frames of video {sample.video_id} are missing from {folder}; "
                             "run `savi sample` again for this run to restore them")
-        path = self.cache_path(run, sample.video_id)
-        cached = self._read_cache(path, frame_files)
+        return folder, frame_files
+
+    def _cached(self, run: Run, path: Path, frame_files: list[Path], rows: int,
+                embed: Callable[[], np.ndarray]) -> np.ndarray:
+        """The (rows, D) embeddings cached at `path` if valid, else `embed()`, written there first."""
+        cached = self._read_cache(path, frame_files, rows)
         if cached is not None:
             return cached
-        from stages.core.video import load_frames
-
-        embeddings = self.encode_frames(load_frames(folder))
+        embeddings = embed()
         if not (self.cache_dir(run) / "info.json").is_file():
             write_json(self.cache_dir(run) / "info.json", self.info)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, embeddings, allow_pickle=False)
         return embeddings
 
-    def _read_cache(self, path: Path, frame_files: list[Path]) -> np.ndarray | None:
+    def _read_cache(self, path: Path, frame_files: list[Path], rows: int) -> np.ndarray | None:
         """The cached embeddings, or None if absent, unreadable, the wrong shape, or older than the frames."""
         try:
             if path.stat().st_mtime_ns < max(f.stat().st_mtime_ns for f in frame_files):
@@ -164,7 +218,7 @@ class ClipScorer:
                 array = np.load(f, allow_pickle=False)
         except (OSError, ValueError, EOFError):
             return None
-        if array.dtype != np.float32 or array.shape != (len(frame_files), self.dim) or not np.isfinite(array).all():
+        if array.dtype != np.float32 or array.shape != (rows, self.dim) or not np.isfinite(array).all():
             return None
         return array
 
@@ -255,8 +309,8 @@ class ClipScorer:
         return pooled_score(frames, text, self.cfg.pooling, self.cfg.topk, self.cfg.text_pooling)
 
     def score_texts(self, run: Run, sample: Sample, texts: list[str]) -> list[float]:
-        frames = self.frame_embeddings(run, sample)
-        return [self.score(frames, text) for text in self.text_embeddings(texts)]
+        video = self.video_embeddings(run, sample)
+        return [self.score(video, text) for text in self.text_embeddings(texts)]
 
 
 def pooled_score(frames: np.ndarray, text: np.ndarray, pooling: str = "mean", topk: int = 4,
@@ -283,6 +337,29 @@ def pooled_score(frames: np.ndarray, text: np.ndarray, pooling: str = "mean", to
     else:
         raise ValueError(f"unknown text pooling {text_pooling!r}")
     return float(np.clip(value, -1.0, 1.0))
+
+
+def grid_indices(count: int, tiles: int = GRID_SIDE * GRID_SIDE) -> list[int]:
+    """Which of `count` frames fill the `tiles` tiles of a grid: evenly spaced from the first to the last, in
+    order (some repeated when there are fewer frames than tiles)."""
+    return [int(i) for i in np.floor(np.linspace(0, count - 1, tiles) + 0.5)]
+
+
+def tile_grid(frames: np.ndarray, side: int = GRID_SIDE) -> np.ndarray:
+    """(T, H, W, C) frames as one (side * S, side * S, C) image, S = min(H, W): the central square of each frame
+    picked by `grid_indices`, placed row-major in time order (frame k of the pick at row k // side, column
+    k % side)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or not len(frames):
+        raise ValueError(f"cannot tile frames of shape {frames.shape} into a grid")
+    _, height, width, channels = frames.shape
+    square = min(height, width)
+    top, left = (height - square) // 2, (width - square) // 2
+    tiles = frames[grid_indices(len(frames), side * side), top:top + square, left:left + square]
+    # (side * side, S, S, C) -> rows of tiles (side, side, S, S, C) -> pixel rows (side, S, side, S, C) -> image
+    return np.ascontiguousarray(
+        tiles.reshape(side, side, square, square, channels).transpose(0, 2, 1, 3, 4)
+        .reshape(side * square, side * square, channels))
 
 
 def split_sentences(text: str) -> list[str]:

@@ -206,6 +206,13 @@ class Policy:
         token_ids = [self._label_tokens(options) for options in labels]
         return self._in_batches(self._score_batch, videos, prompts, token_ids)
 
+    def score_replies(self, videos: Sequence[Video], prompts: Sequence[str],
+                      replies: Sequence[Sequence[str]]) -> list[list[float]]:
+        """For each (video, prompt), the log-probability of each whole reply in `replies[i]`, summed over its
+        tokens (end of turn included): lmms-eval's log-likelihood scoring of multiple choice, for benchmarks whose
+        options are full answers. One forward pass per reply."""
+        return self._in_batches(self._score_replies_batch, videos, prompts, replies)
+
     def _in_batches(self, run_batch, videos, prompts, per_item) -> list[Any]:
         """Run `run_batch` over the items, `batch_size` at a time; on GPU out-of-memory, halve the batch (and
         every later one) and go on."""
@@ -266,6 +273,28 @@ class Policy:
         logprobs = torch.log_softmax(logits, dim=-1)
         return [[torch.logsumexp(row[list(ids)], dim=0).item() for ids in options]
                 for row, options in zip(logprobs, token_ids)]
+
+    def _score_replies_batch(self, videos, prompts, replies) -> list[list[float]]:
+        import torch
+
+        flat = [(video, prompt, reply) for video, prompt, options in zip(videos, prompts, replies)
+                for reply in options]
+        batch = reply_batch(self.processor, [f[0] for f in flat], [chat(f[1]) for f in flat], [f[2] for f in flat],
+                            flush=False)
+        batch = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in batch.items()}
+        mask = batch.pop("completion_mask")
+        width = int(mask.any(dim=0).sum())  # the replies' columns, the last ones of every row
+        with torch.inference_mode():
+            # Only the logits that predict reply tokens: never the whole vocabulary at every video token.
+            logits = self.model(**batch, logits_to_keep=width + 1).logits[:, :-1, :].float()
+        targets = batch["input_ids"][:, -width:]
+        taken = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+        totals = (taken * mask[:, -width:]).sum(dim=1).tolist()
+        scores, at = [], 0
+        for options in replies:
+            scores.append(totals[at:at + len(options)])
+            at += len(options)
+        return scores
 
     def _label_tokens(self, options: Sequence[Sequence[str]]) -> list[set[int]]:
         tokenizer = self.processor.tokenizer
@@ -456,6 +485,63 @@ def processor_inputs(processor: Any, videos: Sequence[Video], texts: Sequence[st
         add_special_tokens=False,  # the chat template already has them
         return_tensors="pt",
     )
+
+
+def reply_batch(processor: Any, videos: Sequence[Video], prompts: Sequence[list[dict[str, Any]]],
+                replies: Sequence[str], *, flush: bool = True) -> dict[str, Any]:
+    """Tensors that put each reply after its prompt, for scoring or training on the reply's tokens alone.
+
+    It does for videos what trl's vision collator does for images. Each prompt (a chat with its video) is
+    rendered with the generation prompt and processed, left-padded; each reply, as the model writes it (see
+    `completion_text`), is tokenized alone, right-padded and appended. `completion_mask` marks the reply tokens.
+    With `flush`, every row is then moved to start at column 0, as trl's trainers expect; without, the replies
+    all start in the same column, so a scorer needs the logits of the last columns only.
+    """
+    import torch
+    from trl.trainer.utils import flush_left
+
+    rendered = [processor.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    completions = [completion_text(processor, p, r) for p, r in zip(prompts, replies)]
+    processed = processor_inputs(processor, videos, rendered)
+    tokenizer = processor.tokenizer
+    tokens = tokenizer(completions, padding=True, padding_side="right", add_special_tokens=False,
+                       return_tensors="pt")
+    completion_ids, completion_mask = tokens["input_ids"], tokens["attention_mask"]
+
+    prompt_ids, prompt_mask = processed.pop("input_ids"), processed.pop("attention_mask")
+    batch = dict(processed)
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    completion_mask = torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)
+    # Qwen-VL models need mm_token_type_ids for their 3-D positions (without it they fall back to 1-D ones,
+    # silently), so it is padded and flushed with the rest.
+    if "mm_token_type_ids" in processed:
+        mm = torch.cat([processed["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
+        if flush:
+            attention_mask, input_ids, completion_mask, mm = flush_left(attention_mask, input_ids, completion_mask,
+                                                                        mm)
+        batch["mm_token_type_ids"] = mm
+    elif flush:
+        attention_mask, input_ids, completion_mask = flush_left(attention_mask, input_ids, completion_mask)
+    batch.update(input_ids=input_ids, attention_mask=attention_mask, completion_mask=completion_mask)
+    return batch
+
+
+def completion_text(processor: Any, prompt: list[dict[str, Any]], reply: str) -> str:
+    """The reply as the model writes it after the generation prompt: the text, then the end-of-turn text that
+    the chat template puts after an assistant message.
+
+    Not "the whole conversation minus the prompt": some templates render an assistant turn differently from
+    their generation prompt (LLaVA-OneVision writes `<|im_start|>assistant \n` in the one and
+    `<|im_start|>assistant\n` in the other), and the model only ever continues the generation prompt.
+    """
+    turn = [{"role": "assistant", "content": [{"type": "text", "text": reply}]}]
+    full = processor.apply_chat_template(prompt + turn, tokenize=False)
+    at = full.rfind(reply)
+    if at < 0:
+        raise SaviError("this model's chat template does not write an assistant message's text as given, so "
+                        "savi cannot tell where the answer ends")
+    return reply + full[at + len(reply):]
 
 
 def chat(prompt: str) -> list[dict[str, Any]]:

@@ -50,15 +50,21 @@ class Sample:
 
 @dataclass(slots=True)
 class Question:
-    """A question the policy asked about a video in one round. Key: `question_id` (video, kind and text)."""
+    """A question about a video in one round. Key: `question_id` (video, kind and text).
+
+    The policy writes them (`savi ask`). Questions whose answer is known (a world built for the purpose, or a
+    benchmark with answers used as a probe) carry it in `truth`, and `savi filter` then reports how often its
+    choice agrees with it.
+    """
 
     question_id: str
     video_id: str
-    kind: str  # "spatial", "temporal", "what", "why" or "how"
+    kind: str  # "spatial", "temporal", "what", "why" or "how" (or the kinds of a probe, such as "direction")
     text: str
     parsed_as: str  # how the model's output was read: "json", "numbered" or "lines"
     prompt_version: str
     model: str
+    truth: str | None = None  # the right answer's text ("B. right" also accepts "B"); None: not known
 
 
 @dataclass(slots=True)
@@ -221,7 +227,7 @@ class TableSpec:
 
 
 SAMPLES = TableSpec("samples", 1, Sample, key="video_id", order=("path", "video_id"), made_by="sample")
-QUESTIONS = TableSpec("questions", 1, Question, key="question_id", order=("video_id", "question_id"), made_by="ask",
+QUESTIONS = TableSpec("questions", 2, Question, key="question_id", order=("video_id", "question_id"), made_by="ask",
                       item_column="video_id")
 
 ANSWERS = TableSpec("answers", 2, Answer, key="answer_id", order=("video_id", "question_id", "answer_id"),

@@ -23,6 +23,7 @@ CRITIQUE_MODES = ("critique", "judge")
 SWAPS = ("auto", "on", "off")
 POOLINGS = ("mean", "max", "topk")
 TEXT_POOLINGS = ("mean", "max")
+CLIP_FRAMES = ("each", "grid")
 LOSSES = ("sigmoid", "clip-weighted")
 EVAL_MODES = ("likelihood", "generate")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -133,6 +134,9 @@ class ClipConfig:
     topk: int = setting(4, "k of --clip-pooling topk (capped at the number of frames).", min=1)
     text_pooling: str = setting("mean", "How the sentences of a long text are pooled: mean (every claim counts) or "
                                         "max.", choices=TEXT_POOLINGS, flag="--text-pooling")
+    frames: str = setting("each", "What CLIP embeds: each (every frame alone, cosines pooled: blind to frame order) "
+                                  "or grid (4 evenly spaced frames tiled 2x2 in time order, one image per video: sees "
+                                  "which way things move).", choices=CLIP_FRAMES)
     device: str = setting("auto", "auto (cuda if available), cpu, cuda, cuda:N or mps.", flag="--device")
     batch_size: int = setting(32, "Frames or text segments per CLIP forward pass.", min=1)
 
@@ -143,6 +147,8 @@ class ClipConfig:
             raise SaviError(f"unknown CLIP pooling {self.pooling!r}: use one of {', '.join(POOLINGS)}")
         if self.text_pooling not in TEXT_POOLINGS:
             raise SaviError(f"unknown CLIP text pooling {self.text_pooling!r}: use one of {', '.join(TEXT_POOLINGS)}")
+        if self.frames not in CLIP_FRAMES:
+            raise SaviError(f"unknown CLIP frames {self.frames!r}: use one of {', '.join(CLIP_FRAMES)}")
         if self.topk < 1:
             raise SaviError(f"CLIP topk must be at least 1, got {self.topk}")
         if self.batch_size < 1:

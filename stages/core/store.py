@@ -72,14 +72,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it replaces `path` in one rename."""
+    """Yield a temporary sibling folder to fill; on success it takes the place of `path`.
+
+    An earlier `path` is renamed aside first and deleted only once the new folder is in place, so at every moment
+    one whole folder exists (at `path`, or for an instant only aside), never a half-deleted one.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    aside = path.with_name(f".{path.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
+        if path.exists():
+            os.rename(path, aside)
         os.rename(tmp, path)
+        shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
