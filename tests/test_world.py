@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from savi_cli.main import app
 from stages.benchmarks import read_benchmark
 from stages.core.errors import SaviError
+from stages.core.prompts import load_prompts
 from stages.core.video import read_video
 from stages.offline.videos import COLORS
 from stages.offline.world import COLOURS, DIRECTIONS, FRAMES, SIZE, SMALL_SIZES, build_world, fingerprint
@@ -82,9 +83,12 @@ def test_every_split_reads_back_with_two_questions_per_clip(world):
         assert sorted(item.category for item in bench.items) == ["colour"] * clips + ["direction"] * clips
         for item in bench.items:
             assert item.video == world / "videos" / f"{item.video_name}.mp4"
-            assert item.prompt.split("\n") == [item.question, *(f"{'ABCD'[k]}. {o}" for k, o in
-                                                                 enumerate(item.options)),
-                                               "Answer with the option's letter from the given choices directly."]
+            # The user turn `savi answer` writes for the question, and each option as a whole reply.
+            assert item.prompt == load_prompts()["answer"].render("answer", question=item.question)
+            assert len(item.replies) == len(item.options) == 4
+            for option, reply in zip(item.options, item.replies):
+                words = reply.rstrip(".").split()
+                assert reply.endswith(".") and words[-1] == option and item.meta["shape"] in words
             assert set(item.meta) == {"shape", "colour", "direction", "lane", "axis", "shapes"}
             assert all(isinstance(value, str) for value in item.meta.values())
     assert read_benchmark("world", world).split == "test"  # the default

@@ -1,9 +1,13 @@
 """The savi world: clips of moving shapes whose every fact is known, built offline by `savi world DIR`.
 
-`DIR/questions.jsonl` holds one question per line (question_id, clip_id, split, kind, question, 4 options, the
-answer's index, and the clip's facts); the clips are `DIR/videos/<clip_id>.mp4`. All answers are public. The
-category is the question's kind (direction or colour), and `meta` carries the facts of the shape asked about and
-of its clip, so a summary breaks accuracy down by direction, colour, axis or number of shapes.
+`DIR/questions.jsonl` holds one question per line (question_id, clip_id, split, kind, question, 4 options, each
+as a whole reply too, the answer's index, and the clip's facts); the clips are `DIR/videos/<clip_id>.mp4`. All
+answers are public. The category is the question's kind (direction or colour), and `meta` carries the facts of the
+shape asked about and of its clip, so a summary breaks accuracy down by direction, colour, axis or number of shapes.
+
+Unlike the published benchmarks, the world is savi's own: its prompt is the user turn `savi answer` writes for
+the question, and likelihood mode scores each option's whole reply after it. So what a round trains (replies to
+that turn) is exactly what the evaluation measures.
 """
 
 from __future__ import annotations
@@ -13,20 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from stages.benchmarks.common import (
-    _ANSWER_WITH_LETTER,
     Benchmark,
     BenchmarkInfo,
     EvalItem,
     _answer_index,
     _field,
     _folder,
-    _lettered,
     _options,
     _text,
     _VideoFinder,
     _where,
 )
 from stages.core.errors import SaviError
+from stages.core.prompts import load_prompts
 
 # The splits `savi world` writes (stages/offline/world.py), the test split being the one scored by default.
 INFO = BenchmarkInfo("savi world", ("train", "judge", "pool", "val", "test"), "test", (),
@@ -38,6 +41,7 @@ def read(data: Path, split: str, finder: _VideoFinder) -> Benchmark:
     if not path.is_file():
         raise SaviError(f"savi world: found no questions.jsonl in {_folder(data)}; build the world with "
                         f"`savi world {_folder(data)}`")
+    answer_prompt = load_prompts()["answer"]  # savi's packaged answer turn, as `savi answer` renders it
     items = []
     for line_number, rec in _records(path):
         where = _where(line_number, rec, "question_id").replace("record", "line", 1)
@@ -47,11 +51,15 @@ def read(data: Path, split: str, finder: _VideoFinder) -> Benchmark:
         question = _text(rec, "question", path, where)
         options = _options(rec, "options", path, where)
         answer = _answer_index(_field(rec, "answer", path, where), len(options), path, where)
+        replies = _options(rec, "replies", path, where)
+        if len(replies) != len(options):
+            raise SaviError(f"savi world: {path}, {where}: {len(replies)} replies for {len(options)} options; "
+                            "build the world again with `savi world`")
         items.append(EvalItem(
             question_id=_text(rec, "question_id", path, where), video_name=clip_id,
             video=finder.find([f"videos/{clip_id}", clip_id]), question=question, options=tuple(options),
             answer=answer, category=_text(rec, "kind", path, where), meta=_facts(rec, path, where),
-            prompt=f"{question}\n{_lettered(options)}\n{_ANSWER_WITH_LETTER}"))
+            prompt=answer_prompt.render("answer", question=question), replies=tuple(replies)))
     return Benchmark("world", split, items, [path], answers_public=True)
 
 

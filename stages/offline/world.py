@@ -14,6 +14,9 @@ the middle. Two questions per clip, each with 4 options (chance is 25%):
 - colour: "What colour is the square that moves up?" (the true colour, the other shape's colour when there is
   one, then colours drawn at random).
 
+Each option also comes as a whole reply ("The red square moves left.", "The square that moves up is blue."): a
+model that knows the world answers so, `savi eval world` scores the replies whole, and CLIP can read them.
+
 The splits and their default sizes follow the feasibility study: train 600, judge 1000, pool 600, val 150 and
 test 300 clips (2,650 in all, 5,300 questions). Layout of a world folder:
 
@@ -41,7 +44,7 @@ from stages.core.errors import SaviError
 from stages.core.store import Progress, atomic_dir, ticker
 from stages.offline.videos import COLORS, KINDS, Shape, write_video
 
-VERSION = 1
+VERSION = 2  # 2: every question carries a full reply per option
 SPLITS: tuple[str, ...] = ("train", "judge", "pool", "val", "test")
 SIZES: dict[str, int] = {"train": 600, "judge": 1000, "pool": 600, "val": 150, "test": 300}
 # A tenth of the default world, for a first look in seconds rather than half a minute.
@@ -171,8 +174,10 @@ def questions(clip: Clip, seed: int) -> list[dict[str, Any]]:
 
     target = int(rng.integers(len(clip.shapes)))
     shape = clip.shapes[target]
+    options = [DIRECTIONS[i] for i in rng.permutation(len(DIRECTIONS))]
     direction = _question(clip, "direction", target, f"Which way does the {shape.colour} {shape.shape} move?",
-                          [DIRECTIONS[i] for i in rng.permutation(len(DIRECTIONS))], shape.direction)
+                          options, shape.direction,
+                          [f"The {shape.colour} {shape.shape} moves {option}." for option in options])
 
     target = int(rng.integers(len(clip.shapes)))
     shape = clip.shapes[target]
@@ -180,15 +185,20 @@ def questions(clip: Clip, seed: int) -> list[dict[str, Any]]:
     colours = [shape.colour] + [s.colour for s in clip.shapes if s is not shape]
     rest = [c for c in COLOURS if c not in colours]
     colours += [rest[i] for i in rng.permutation(len(rest))[:OPTIONS - len(colours)]]
+    options = [colours[i] for i in rng.permutation(OPTIONS)]
     colour = _question(clip, "colour", target, f"What colour is the {shape.shape} that moves {shape.direction}?",
-                       [colours[i] for i in rng.permutation(OPTIONS)], shape.colour)
+                       options, shape.colour,
+                       [f"The {shape.shape} that moves {shape.direction} is {option}." for option in options])
     return [direction, colour]
 
 
-def _question(clip: Clip, kind: str, target: int, text: str, options: list[str], answer: str) -> dict[str, Any]:
+def _question(clip: Clip, kind: str, target: int, text: str, options: list[str], answer: str,
+              replies: list[str]) -> dict[str, Any]:
+    """One question record. `replies` are the options as whole answers, the way a model that knows the world
+    answers: what `savi eval world` scores, what a round's sampled answers look like, and what CLIP reads."""
     return {"question_id": f"{clip.clip_id}-{kind}", "clip_id": clip.clip_id, "split": clip.split, "kind": kind,
-            "question": text, "options": options, "answer": options.index(answer), "target": target,
-            "axis": clip.axis, "shapes": [s.facts() for s in clip.shapes]}
+            "question": text, "options": options, "replies": replies, "answer": options.index(answer),
+            "target": target, "axis": clip.axis, "shapes": [s.facts() for s in clip.shapes]}
 
 
 def fingerprint(folder: Path) -> str:
