@@ -1,6 +1,8 @@
 # make demo   run savi offline on generated videos with a tiny model (sets itself up)
 # make test   run the test suite (sets itself up)
 # make venv   create .venv with pip if it is missing (or if pyproject.toml changed)
+# make proof   one round in a world whose truth is known, judged four ways, over 3 seeds (~45 min on CPU);
+#              writes the table to docs/FIDELITY.md
 # make bench-ceilings   the machine-dependent ceilings that are not tests: CLIP's offline failure time, and the
 #                       peak memory of sampling a huge video (each script exits 1 above its ceiling)
 
@@ -8,7 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench bench-ceilings clean
+.PHONY: venv demo test lint bench bench-ceilings proof clean
 
 venv: $(STAMP)
 
@@ -30,6 +32,9 @@ lint: venv
 
 bench: venv
 	$(VENV)/bin/python benchmarks/bench_sample.py
+
+proof: venv
+	$(VENV)/bin/python benchmarks/proof_round.py --seeds 0 1 2 --out docs/FIDELITY.md
 
 bench-ceilings: venv
 	$(VENV)/bin/python benchmarks/bench_clip_offline_failure_time.py

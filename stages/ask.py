@@ -5,6 +5,10 @@ v1), the policy is asked for a few questions, and its output is parsed as JSON o
 Empty, overlong and duplicate questions are removed. A (video, kind) whose output yields no question counts as a
 parse failure in the manifest. All of a video's questions are one unit of work, so a resumed run never leaves a
 video half asked.
+
+`from_benchmark` takes a round's questions from a benchmark instead (`savi ask --from NAME --data PATH`): the
+questions of every video the run sampled, each with its known answer as `truth`. A round on them is a probe:
+`savi filter` then says how often its judge agrees with the truth, before any GPU hours go into DPO.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from stages.benchmarks import Benchmark
 from stages.core.errors import SaviError
 from stages.core.model import (
     Decoding,
@@ -106,3 +111,38 @@ def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts
               "parse_failures": len(done_videos) * len(cfg.kinds) - len(kinds_found),
               **{f"kind_{k}": sum(q.kind == k for q in rows) for k in cfg.kinds}}
     return writer.finish_result(len(todo), counts, keep=current)
+
+
+def from_benchmark(run: Run, round: int, bench: Benchmark, *, force: bool = False) -> StageResult:
+    """Round `round`'s questions, taken from `bench`: each question whose video the run sampled, with its kind
+    (the benchmark's category) and its right answer as `truth` (the whole reply where the benchmark gives
+    replies, else the option's text)."""
+    samples_art = run.require("samples")
+    sampled = {Path(s.path).resolve(): s for s in samples_art.read() if s.status == "ok"}
+    found = [(item, sampled.get(item.video.resolve()) if item.video else None) for item in bench.items]
+    asked = [(item, sample) for item, sample in found if sample is not None]
+    if not asked:
+        raise SaviError(f"none of the {len(bench.items)} questions of {bench.name} ({bench.split}) is about a video "
+                        f"run '{run.name}' sampled; sample the benchmark's videos first, e.g. "
+                        f"`savi sample VIDEOS --run {run.name}`")
+    params = {"benchmark": bench.name, "split": bench.split,
+              "sources": {str(p): file_sha256(p) for p in bench.sources}}
+    writer = ArtifactWriter(run.artifact("questions", round), params=params,
+                            inputs={"samples": file_sha256(samples_art.path)}, force=force)
+    if writer.up_to_date:
+        return writer.cached_result()
+    by_video: dict[str, list[Question]] = {}
+    for item, sample in asked:
+        truth = None if item.answer is None else (item.replies or item.options)[item.answer]
+        by_video.setdefault(sample.video_id, []).append(Question(
+            item.question_id, sample.video_id, item.category, item.question, "benchmark",
+            f"{bench.name}/{bench.split}", bench.name, truth=truth))
+    try:
+        for video_id, questions in by_video.items():
+            writer.add_item(video_id, questions)
+    finally:
+        writer.close()
+    counts = {"videos": len(by_video), "questions": len(asked), "not_sampled": len(found) - len(asked),
+              **{f"kind_{k}": sum(item.category == k for item, _ in asked)
+                 for k in sorted({item.category for item, _ in asked})}}
+    return writer.finish_result(len(by_video), counts)

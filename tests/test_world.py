@@ -258,3 +258,34 @@ def test_savi_eval_world_scores_one_row_per_test_question_with_known_answers(wor
         summary = json.loads(path.with_name(f"{table}.summary.json").read_text())
         assert summary["questions"] == len(rows) and summary["correct"] == sum(r["correct"] for r in rows)
         assert set(summary["by_category"]) == {"colour", "direction"}
+
+
+@pytest.mark.slow
+def test_ask_from_the_world_takes_the_pool_questions_of_the_sampled_clips_with_their_truth(world, workspace,
+                                                                                            tmp_path):
+    from stages.core.store import open_run
+
+    runner = CliRunner()
+    first = world / "videos" / "pool-0000.mp4"  # the pool has two clips: sample one
+    assert runner.invoke(app, ["sample", str(first), "--run", "probe", "--frames", "4"]).exit_code == 0
+    result = runner.invoke(app, ["ask", "--run", "probe", "--round", "1", "--from", "world", "--data", str(world),
+                                 "--split", "pool"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{workspace / 'probe' / 'round=1' / 'questions.parquet'}\n"
+
+    run = open_run("probe")
+    (sample,) = run.artifact("samples").read()
+    expected = [r for r in questions_of(world) if r["clip_id"] == "pool-0000"]
+    got = sorted(run.artifact("questions", 1).read(), key=lambda q: q.question_id)
+    assert [(q.question_id, q.video_id, q.kind, q.text, q.truth) for q in got] == sorted(
+        (r["question_id"], sample.video_id, r["kind"], r["question"], r["replies"][r["answer"]]) for r in expected)
+    counts = run.artifact("questions", 1).manifest()["counts"]
+    assert counts == {"videos": 1, "questions": 2, "not_sampled": 2, "kind_colour": 1, "kind_direction": 1}
+
+    # A benchmark none of whose videos the run sampled: one line, nothing written.
+    line = error_line(runner.invoke(app, ["ask", "--run", "probe", "--round", "2", "--from", "world", "--data",
+                                          str(world), "--split", "val"]))
+    assert line.startswith("Error: none of the 8 questions of world (val) is about a video run 'probe' sampled")
+    assert not run.artifact("questions", 2).path.exists()
+    half = error_line(runner.invoke(app, ["ask", "--run", "probe", "--round", "2", "--from", "world"]))
+    assert half == "Error: --from and --data go together: `savi ask --from BENCHMARK --data PATH`"

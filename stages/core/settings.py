@@ -187,8 +187,9 @@ class TrainConfig:
 class EvalConfig:
     SECTION: ClassVar[str] = "eval"
 
-    mode: str = setting("likelihood", "likelihood: score each option's label (never unparsed). generate: write a "
-                                      "reply and parse it.", choices=EVAL_MODES)
+    mode: str = setting("likelihood", "likelihood: score each option's label, or its whole reply where the "
+                                      "benchmark gives one (never unparsed). generate: write a reply and parse it.",
+                        choices=EVAL_MODES)
     frames: int = setting(32, "Frames sampled per question.", min=1)
     max_side: int = setting(448, "Longest frame side in pixels.", min=32)
     limit: int | None = setting(None, "Evaluate only the first N questions (in the benchmark's order).", min=1)
