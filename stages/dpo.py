@@ -66,7 +66,7 @@ LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_p
 def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force: bool = False,
         progress: Progress | None = None) -> StageResult:
     if cfg.loss not in LOSSES:
-        raise SaviError(f"unknown --loss {cfg.loss!r}: use sigmoid or clip-weighted")
+        raise SaviError(f"unknown --loss {cfg.loss!r}: use {', '.join(LOSSES)}")
     schedulers = [s.value for s in SchedulerType]
     if cfg.lr_scheduler not in schedulers:
         raise SaviError(f"unknown lr_scheduler {cfg.lr_scheduler!r} in [dpo]; use one of {', '.join(schedulers)}")
@@ -137,6 +137,10 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
     args = DPOConfig(
         output_dir=str(output_dir),
         beta=cfg.beta,
+        # rpo: trl's sigmoid loss plus its "sft" loss, the NLL of the chosen reply, which keeps DPO from lowering
+        # the likelihood of every reply at once (iterative RPO's remedy).
+        loss_type=["sigmoid", "sft"] if cfg.loss == "rpo" else ["sigmoid"],
+        loss_weights=[1.0, cfg.rpo_alpha] if cfg.loss == "rpo" else None,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup,

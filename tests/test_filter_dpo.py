@@ -209,6 +209,34 @@ def test_the_video_really_conditions_the_loss(sampled_run, tiny_model, monkeypat
     assert loss() != pytest.approx(with_video, abs=1e-5)
 
 
+def test_rpo_loss_is_dpo_plus_alpha_times_the_chosen_replies_nll(sampled_run, tiny_model):
+    from stages.core.model import reply_batch
+
+    write_pairs(sampled_run, 1, n=2)
+    samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
+    pairs = sampled_run.artifact("pairs", 1).read()
+
+    def trainer_for(**kw):
+        return dpo.build_trainer(sampled_run, samples, pairs, train_cfg(max_steps=1, **kw),
+                                 ModelConfig(id=str(tiny_model()), device="cpu"), None, sampled_run.path / "ckpt",
+                                 None)
+
+    plain, rpo = trainer_for(), trainer_for(loss="rpo", rpo_alpha=0.5)
+    batch = plain.data_collator([dict(r) for r in plain.train_dataset])
+    with torch.no_grad():
+        dpo_loss = plain.compute_loss(plain.model, dict(batch)).item()
+        rpo_loss = rpo.compute_loss(rpo.model, dict(batch)).item()
+        # The chosen replies' mean token NLL, computed here from the same tensors the collator built.
+        chosen = reply_batch(rpo.processing_class, [dpo.load_video(sampled_run, samples[p.video_id]) for p in pairs],
+                             [dpo.preference_row(p)["prompt"] for p in pairs], [p.chosen for p in pairs])
+        mask = chosen.pop("completion_mask")[:, 1:].bool()
+        logits = rpo.model(**chosen).logits[:, :-1].float()
+        taken = torch.log_softmax(logits, dim=-1).gather(-1, chosen["input_ids"][:, 1:, None])[..., 0]
+        nll = -taken[mask].mean().item()
+    assert dpo_loss == pytest.approx(math.log(2), abs=1e-4)  # an untrained adapter: policy = reference
+    assert rpo_loss == pytest.approx(dpo_loss + 0.5 * nll, abs=2e-3)
+
+
 def test_clip_weighted_loss_adds_the_grounding_margin(sampled_run, tiny_model):
     write_pairs(sampled_run, 1)
     result = dpo.run(sampled_run, 1, train_cfg(max_steps=2, loss="clip-weighted", clip_gamma=10.0),

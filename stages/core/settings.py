@@ -24,7 +24,7 @@ SWAPS = ("auto", "on", "off")
 POOLINGS = ("mean", "max", "topk")
 TEXT_POOLINGS = ("mean", "max")
 CLIP_FRAMES = ("each", "grid")
-LOSSES = ("sigmoid", "clip-weighted")
+LOSSES = ("sigmoid", "clip-weighted", "rpo")
 EVAL_MODES = ("likelihood", "generate")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 # transformers' learning-rate schedulers (`SchedulerType`), named here so that a typo fails before any work.
@@ -161,7 +161,9 @@ class TrainConfig:
 
     beta: float = setting(0.1, "DPO β: how far the policy may move from the reference.", min=0.0)
     loss: str = setting("sigmoid", "sigmoid: standard DPO. clip-weighted: -log σ(β·Δ - γ·(clip_chosen - "
-                                   "clip_rejected)).", choices=LOSSES)
+                                   "clip_rejected)). rpo: DPO plus --rpo-alpha times the chosen reply's NLL.",
+                        choices=LOSSES)
+    rpo_alpha: float = setting(1.0, "Weight of the chosen reply's negative log-likelihood in --loss rpo.", min=0.0)
     clip_gamma: float = setting(10.0, "γ of clip-weighted: reward margin demanded per unit of CLIP score gap.",
                                 min=0.0)
     learning_rate: float = setting(5e-6, "Learning rate.", min=0.0, flag="--lr")
