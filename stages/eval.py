@@ -194,7 +194,7 @@ def _decoded_batches(batches: list[Sequence[EvalItem]],
             key = _video_key(item)
             if key not in videos:
                 try:
-                    videos[key] = _decode(item, cfg)
+                    videos[key] = decode_item(item, cfg)
                 except VideoError as e:
                     videos[key] = str(e)
         return videos
@@ -211,7 +211,8 @@ def _video_key(item: EvalItem) -> str:
     return f"{item.video}|{item.start_s}|{item.end_s}"
 
 
-def _decode(item: EvalItem, cfg: EvalConfig) -> Video:
+def decode_item(item: EvalItem, cfg: EvalConfig) -> Video:
+    """The frames of a benchmark item as eval shows them to the model (also what a world model trains on)."""
     if item.frame_fps is not None:
         decoded = read_frame_folder(item.video, frames=cfg.frames, max_side=cfg.max_side, folder_fps=item.frame_fps,
                                     start_s=item.start_s, end_s=item.end_s)

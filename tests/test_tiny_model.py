@@ -162,3 +162,9 @@ def test_importing_the_builder_does_not_import_torch():
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_settings_name_the_families_the_builder_knows_default_first():
+    from stages.core.settings import TINY_FAMILIES
+
+    assert TINY_FAMILIES == tuple(FAMILIES) and TINY_FAMILIES[0] == DEFAULT_FAMILY

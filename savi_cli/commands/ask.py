@@ -33,6 +33,7 @@ def ask(input: InputArg = None, run: StageRunOpt = None, round: RoundOpt = None,
     Example:
 
         savi ask --run kitchen --round 1 --model Qwen/Qwen2.5-VL-7B-Instruct --load-in-4bit
+
         savi ask --run probe --round 1 --from world --data world --split pool
     """
     from stages import ask as ask_stage

@@ -4,29 +4,57 @@ from typing import Annotated
 import typer
 
 from savi_cli.errors import user_errors
+from savi_cli.options import with_settings
+from stages.core.settings import WorldModelConfig
 
 
 @user_errors
+@with_settings(WorldModelConfig, skip=("WorldModelConfig.family", "WorldModelConfig.seed"))
 def tiny_model(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the model into.")],
     family: Annotated[str, typer.Option(help="Model family: qwen2_5_vl, qwen2_vl, qwen3_vl or "
                                              "llava_onevision.")] = "qwen2_5_vl",
-    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights (and, with --world, of the training).")] = 0,
+    world: Annotated[Path | None, typer.Option(help="Fine-tune the model on this world's train split (`savi world "
+                                                    "DIR`) until it knows it imperfectly; the flags below apply.",
+                                               show_default=False)] = None,
+    *,
+    settings: dict,
 ) -> None:
-    """Build a tiny, randomly initialised video chat model offline, to try every command without a GPU.
+    """Build a tiny video chat model offline, to try every command without a GPU: random, or knowing a world.
 
-    Its output is meaningless text, but it runs the real code path: any command's --model accepts the folder.
+    A random one's output is meaningless text, but it runs the real code path: any command's --model accepts the
+    folder. With --world it learns the world instead: its vision tower initialised so that it can see, then
+    fine-tuned in one thread on the train split until its accuracy on the val split, scored as `savi eval world`
+    scores it, reaches --target (about 5-10 CPU-minutes on the default world). world_training.json records the
+    steps and the accuracy it stopped at; the same seed gives the same model.
 
     Example:
 
         savi tiny-model models/tiny --family qwen2_5_vl
+
+        savi tiny-model models/w0 --world worlds/w0
     """
     from stages.core.errors import SaviError
     from stages.offline.tiny_model import FAMILIES, build_tiny_model
 
     if family not in FAMILIES:
         raise SaviError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
-    typer.echo(str(build_tiny_model(out_dir, family=family, seed=seed)))
+    if world is None:
+        typer.echo(str(build_tiny_model(out_dir, family=family, seed=seed)))
+        return
+    import json
+
+    from savi_cli.progress import progress_bar
+    from stages.offline.world_model import TRAINING_FILE, build_world_model
+
+    given = {k: v for k, v in settings[WorldModelConfig].items() if v is not None}
+    cfg = WorldModelConfig(family=family, seed=seed, **given)
+    folder = build_world_model(out_dir, world, cfg, progress=lambda total: progress_bar(total, "world model", "step"))
+    record = json.loads((folder / TRAINING_FILE).read_text())
+    typer.echo(f"val accuracy {record['val_accuracy']:.3f} at step {record['steps']} (target {cfg.target}"
+               f"{'' if record['reached_target'] else ', not reached'}), {record['seconds']:.0f} s", err=True)
+    typer.echo(str(folder))
 
 
 @user_errors

@@ -25,6 +25,8 @@ POOLINGS = ("mean", "max", "topk")
 TEXT_POOLINGS = ("mean", "max")
 CLIP_FRAMES = ("each", "grid")
 LOSSES = ("sigmoid", "clip-weighted", "rpo")
+# The families `savi tiny-model` builds (the folders of stages/offline/checkpoints/), the default first.
+TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava_onevision")
 EVAL_MODES = ("likelihood", "generate")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 # transformers' learning-rate schedulers (`SchedulerType`), named here so that a typo fails before any work.
@@ -198,6 +200,38 @@ class EvalConfig:
     allow_missing: bool = setting(False, "Evaluate the questions whose video exists, instead of stopping at missing "
                                          "videos.")
     max_new_tokens: int = setting(16, "Longest reply in generate mode.", min=1)
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    """How `savi tiny-model DIR --world W` builds and trains a model that knows the world (not a run's setting)."""
+
+    SECTION: ClassVar[str] = "world_model"
+
+    family: str = setting(TINY_FAMILIES[0], "Model family: qwen2_5_vl, qwen2_vl, qwen3_vl or llava_onevision.",
+                          choices=TINY_FAMILIES)
+    seed: int = setting(0, "Seed of the initial weights and of the order of the training examples.", min=0)
+    target: float = setting(0.55, "Stop at the first evaluation whose val accuracy reaches this (chance: 0.25).",
+                            min=0.0, max=1.0)
+    max_steps: int = setting(3000, "Stop after this many training steps even below the target (with a warning).",
+                             min=1)
+    eval_every: int = setting(100, "Evaluate on the val split every this many steps.", min=1)
+    batch_size: int = setting(32, "Training examples per step.", min=1)
+    learning_rate: float = setting(1e-3, "AdamW learning rate (a full fine-tune of a 0.7M-parameter model).",
+                                   min=0.0, flag="--lr")
+
+    def __post_init__(self) -> None:
+        from stages.core.errors import SaviError
+
+        if self.family not in TINY_FAMILIES:
+            raise SaviError(f"unknown model family {self.family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+        if not 0.0 <= self.target <= 1.0:
+            raise SaviError(f"the target is a validation accuracy from 0 to 1, got {self.target}")
+        for name in ("max_steps", "eval_every", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SaviError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise SaviError(f"the learning rate must be above 0, got {self.learning_rate}")
 
 
 # Every section of a run's savi.toml that holds settings (`[benchmarks]` names eval's data instead).
