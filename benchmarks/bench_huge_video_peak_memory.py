@@ -40,30 +40,11 @@ sys.path.insert(0, str(ROOT))
 
 from machine import cpu_model  # noqa: E402
 
+from stages.offline.videos import write_huge  # noqa: E402
+
 SAVI = [sys.executable, "-c", "from savi_cli.main import app; app()"]
 MEASURE = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)")
-
-
-def write_huge(path: Path, side: int, frames: int) -> None:
-    """`frames` frames of side x side: flat grey with a red top-left quarter, written as YUV."""
-    import av
-    import numpy as np
-
-    yuv = np.full((side * 3 // 2, side), 128, np.uint8)
-    yuv[:side] = 120
-    yuv[:side // 2, :side // 2] = 76                     # Y of red
-    u, v = yuv[side:side * 5 // 4].reshape(side // 2, side // 2), yuv[side * 5 // 4:].reshape(side // 2, side // 2)
-    u[:side // 4, :side // 4], v[:side // 4, :side // 4] = 85, 255
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=4, options={"preset": "ultrafast"})
-        stream.width = stream.height = side
-        stream.pix_fmt = "yuv420p"
-        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        for pts in range(frames):
-            frame.pts = pts
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 def main() -> int:
@@ -79,7 +60,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="savi-bench-huge-video-"))
     try:
         (work / "videos").mkdir()
-        write_huge(work / "videos" / "huge.mp4", args.side, args.frames)
+        write_huge(work / "videos" / "huge.mp4", side=args.side, frames=args.frames)
         cmd = SAVI + ["sample", str(work / "videos"), "--run", "huge", "--frames", str(args.frames),
                       "--max-side", str(args.max_side), "--workers", str(args.workers)]
         start = time.monotonic()

@@ -159,28 +159,10 @@ def test_bad_videos_leave_nothing_half_done_and_good_replacements_are_sampled(tm
     assert_frames_whole(run, 4)
 
 
-def write_huge(path: Path, side: int = 8000, frames: int = 6) -> None:
-    """A few frames of side x side, cheap to encode: flat grey with a red top-left quarter, written as YUV."""
-    yuv = np.full((side * 3 // 2, side), 128, np.uint8)
-    yuv[:side] = 120
-    yuv[:side // 2, :side // 2] = 76                     # Y of red
-    u, v = yuv[side:side * 5 // 4].reshape(side // 2, side // 2), yuv[side * 5 // 4:].reshape(side // 2, side // 2)
-    u[:side // 4, :side // 4], v[:side // 4, :side // 4] = 85, 255
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=4, options={"preset": "ultrafast"})
-        stream.width = stream.height = side
-        stream.pix_fmt = "yuv420p"
-        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        for pts in range(frames):
-            frame.pts = pts
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-
-
 def test_a_huge_resolution_is_sampled_and_resized_to_max_side(tmp_path, workspace):
     folder = tmp_path / "videos"
     folder.mkdir()
-    write_huge(folder / "huge.mp4")
+    synthetic.write_huge(folder / "huge.mp4")
     # What this costs in memory depends on the machine: benchmarks/bench_huge_video_peak_memory.py measures it.
     args = ["sample", str(folder), "--run", "t", "--frames", "6", "--max-side", "64",
             "--workers", str(os.cpu_count() or 1)]

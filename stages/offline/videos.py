@@ -370,6 +370,26 @@ def write_corrupt(path: str | os.PathLike[str], *, num_bytes: int = 4096, seed: 
     return path
 
 
+def write_huge(path: str | os.PathLike[str], *, side: int = 8000, frames: int = 6) -> Path:
+    """`frames` frames of side x side that are cheap to encode: flat grey with a red top-left quarter, written
+    straight as YUV (no RGB frame of that size is ever made here)."""
+    yuv = np.full((side * 3 // 2, side), 128, np.uint8)
+    yuv[:side] = 120
+    yuv[:side // 2, :side // 2] = 76                     # Y of red
+    u, v = yuv[side:side * 5 // 4].reshape(side // 2, side // 2), yuv[side * 5 // 4:].reshape(side // 2, side // 2)
+    u[:side // 4, :side // 4], v[:side // 4, :side // 4] = 85, 255
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=4, options={"preset": "ultrafast"})
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        for pts in range(frames):
+            frame.pts = pts
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return Path(path)
+
+
 def write_empty(path: str | os.PathLike[str]) -> Path:
     """A zero-byte file under a video suffix."""
     path = Path(path)
