@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--dpo-steps", type=int, default=300)
     parser.add_argument("--dpo-lr", type=float, default=1e-3)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--dpo-loss", default="sigmoid", help="savi dpo --loss (sigmoid, rpo, clip-weighted)")
+    parser.add_argument("--dpo-loss", default="rpo", help="savi dpo --loss (rpo, sigmoid, clip-weighted)")
     args = parser.parse_args()
 
     root = args.root or Path(tempfile.mkdtemp(prefix="savi-proof-"))
