@@ -211,6 +211,27 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def read_world(folder: Path) -> dict[str, Any]:
+    """world.json of the intact world in `folder`, for what is built from a world (a model, a CLIP); anything
+    else is a one-line error saying what to do. The fingerprint covers every clip and question, so past this
+    check the world's files are as savi wrote them."""
+    folder = Path(folder)
+    try:
+        world = json.loads((folder / WORLD_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        world = None
+    if not isinstance(world, dict) or "fingerprint" not in world or "version" not in world:
+        raise SaviError(f"{folder} is not a savi world (no readable {WORLD_FILE}); build one with "
+                        f"`savi world {folder}`")
+    if world["version"] != VERSION:
+        raise SaviError(f"the world in {folder} was written by another savi (version {world['version']}, this one "
+                        f"reads {VERSION}); build it again with `savi world {folder}`")
+    if world["fingerprint"] != fingerprint(folder):
+        raise SaviError(f"the world in {folder} is damaged: it does not match its {WORLD_FILE} (files changed or "
+                        f"missing); build it again with `savi world {folder}`")
+    return world
+
+
 def _checked_sizes(sizes: Mapping[str, int]) -> dict[str, int]:
     unknown = [s for s in sizes if s not in SPLITS]
     if unknown:

@@ -181,25 +181,10 @@ def _earlier_build(out_dir: Path) -> dict[str, Any] | None:
 
 
 def _read_world(world_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """world.json and the question records of an intact world, or a one-line error saying what to do."""
-    meta_path, questions_path = world_dir / world_files.WORLD_FILE, world_dir / world_files.QUESTIONS_FILE
-    if not meta_path.is_file() or not questions_path.is_file():
-        raise SaviError(f"{world_dir} is not a savi world (it needs {world_files.WORLD_FILE} and "
-                        f"{world_files.QUESTIONS_FILE}); build one with `savi world {world_dir}`")
-    damaged = SaviError(f"the world in {world_dir} is damaged (its files do not match {world_files.WORLD_FILE}); "
-                        f"build it again with `savi world {world_dir}`")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        records = [json.loads(line) for line in questions_path.read_text(encoding="utf-8").splitlines() if line]
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise damaged from None
-    if not isinstance(meta, dict) or meta.get("version") != world_files.VERSION:
-        raise SaviError(f"the world in {world_dir} is not of version {world_files.VERSION}, the one this savi "
-                        f"reads; build it again with `savi world {world_dir}`")
-    # The fingerprint covers every clip and question, so past this check the records are as savi wrote them.
-    if meta.get("fingerprint") != world_files.fingerprint(world_dir):
-        raise damaged
-    return meta, records
+    """world.json and the question records of an intact world (`world.read_world`)."""
+    meta = world_files.read_world(world_dir)
+    lines = (world_dir / world_files.QUESTIONS_FILE).read_text(encoding="utf-8").splitlines()
+    return meta, [json.loads(line) for line in lines if line]
 
 
 def _clips(records: list[dict[str, Any]], split: str) -> list[_Clip]:

@@ -43,7 +43,7 @@ from typing import Any
 from stages.core.errors import SaviError
 from stages.core.settings import WorldModelConfig
 from stages.core.store import Progress, atomic_dir, check_output_folder, ticker, write_json
-from stages.offline.world import QUESTIONS_FILE, VERSION, WORLD_FILE, fingerprint
+from stages.offline.world import QUESTIONS_FILE, read_world
 
 log = logging.getLogger("savi")
 
@@ -63,7 +63,7 @@ def build_world_model(out_dir: str | Path, world_dir: str | Path, cfg: WorldMode
 
     cfg = cfg or WorldModelConfig()
     out, world_dir = Path(out_dir), Path(world_dir)
-    world = read_world(world_dir)
+    world = checked_world(world_dir)
     check_output_folder(out, (TRAINING_FILE, "model.safetensors"), "a world model")
 
     started = time.perf_counter()
@@ -84,21 +84,9 @@ def build_world_model(out_dir: str | Path, world_dir: str | Path, cfg: WorldMode
     return out
 
 
-def read_world(folder: Path) -> dict[str, Any]:
-    """world.json of the world in `folder`, once its content is checked against it; anything else is refused."""
-    try:
-        world = json.loads((folder / WORLD_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        world = None
-    if not isinstance(world, dict) or "fingerprint" not in world or "version" not in world:
-        raise SaviError(f"{folder} is not a savi world (no readable {WORLD_FILE}); build one with "
-                        f"`savi world {folder}`")
-    if world["version"] != VERSION:
-        raise SaviError(f"the world in {folder} was written by another savi (version {world['version']}, this one "
-                        f"reads {VERSION}); build it again with `savi world {folder}`")
-    if world["fingerprint"] != fingerprint(folder):
-        raise SaviError(f"the world in {folder} does not match its {WORLD_FILE} (files changed or missing); build it "
-                        f"again with `savi world {folder}`")
+def checked_world(folder: Path) -> dict[str, Any]:
+    """world.json of the intact world in `folder` (`world.read_world`), which must have train and val clips."""
+    world = read_world(folder)
     sizes = world.get("sizes", {})
     empty = [split for split in ("train", "val") if not sizes.get(split)]
     if empty:
