@@ -1,6 +1,6 @@
 """Proof that a round helps: one round of savi in a world whose truth is known, judged four ways.
 
-Run from the repository root (CPU only, nothing downloaded; about 15 minutes a seed on one thread):
+Run from the repository root (CPU only, nothing downloaded; 21-26 minutes a seed on one thread, measured):
 
     make proof                                    # 3 seeds; writes the table to docs/FIDELITY.md
     .venv/bin/python benchmarks/proof_round.py --seeds 0          # one seed, table on stdout only
