@@ -11,7 +11,7 @@ removed at the end unless ``--keep``); ``--out docs/FIDELITY.md``; ``--json FILE
 
 What it does, per seed
 ----------------------
-1. **The world** (`savi world`): 2,650 seeded clips of moving shapes and 4-option questions about their colour and
+1. **The world** (`savi world`): 3,850 seeded clips of moving shapes and 4-option questions about their colour and
    direction, in train, judge, pool, val and test splits (`stages/offline/world.py`).
 2. **A model that knows it, imperfectly** (`savi tiny-model --world`): a tiny Qwen2.5-VL of the real configuration,
    fine-tuned on the train split until its validation accuracy reaches 0.55.
@@ -75,9 +75,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the table, with its command, to this file")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--dpo-steps", type=int, default=300)
-    parser.add_argument("--dpo-lr", type=float, default=1e-3)
+    parser.add_argument("--dpo-lr", type=float, default=6e-4)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--dpo-loss", default="rpo", help="savi dpo --loss (rpo, sigmoid, clip-weighted)")
+    parser.add_argument("--dpo-tune", default="full", choices=("full", "lora"),
+                        help="savi dpo --tune: LoRA does not move a model this small (docs/FIDELITY.md)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="savi commands run at once (each in one thread): the world model beside the CLIP, "
+                             "then the selectors")
     args = parser.parse_args()
 
     root = args.root or Path(tempfile.mkdtemp(prefix="savi-proof-"))
@@ -112,13 +117,13 @@ def one_seed(folder: Path, seed: int, args: argparse.Namespace) -> dict:
 
     with timed(seconds, "world"):
         savi(env, "world", world, "--seed", seed)
-    with timed(seconds, "model"):
-        savi(env, "tiny-model", model, "--world", world, "--seed", seed)
-    with timed(seconds, "clip"):
-        if any(name.startswith("clip") for name in args.selectors):
-            savi(env, "tiny-clip", clip, "--world", world, "--seed", seed)
-        else:  # oracle and random ignore CLIP's scores: `savi filter` only needs a CLIP to run
-            savi(env, "tiny-clip", clip, "--seed", seed)
+    # The world model and the CLIP learn from different splits, so they train side by side, one core each.
+    clip_world = ["--world", world] if any(name.startswith("clip") for name in args.selectors) else []
+    in_lanes(args.jobs, [
+        lambda: timed_savi(seconds, "model", env, "tiny-model", model, "--world", world, "--seed", seed),
+        # oracle and random ignore CLIP's scores: `savi filter` only needs a CLIP to run, and an untrained one will do
+        lambda: timed_savi(seconds, "clip", env, "tiny-clip", clip, *clip_world, "--seed", seed),
+    ])
     base_training = json.loads((model / "world_training.json").read_text())
 
     with timed(seconds, "answers"):
@@ -127,11 +132,15 @@ def one_seed(folder: Path, seed: int, args: argparse.Namespace) -> dict:
         savi(env, "eval", "world", "--data", world, "--run", "pool", "--round", "0", "--frames", FRAMES)
     base = eval_results(env, "pool", 0)
 
-    rows = {}
-    for name in args.selectors:
+    def selector(name: str) -> None:
         with timed(seconds, name):
-            rows[name] = one_selector(env, folder, pool, name, clip, seed, args)
-            rows[name].update(compare(base, eval_results(env, name, 1)))
+            row = one_selector(env, folder, pool, name, clip, seed, args)
+            rows[name] = {**row, **compare(base, eval_results(env, name, 1))}
+
+    rows: dict[str, dict] = {}
+    # Each selector trains and evaluates in a run of its own, so `--jobs` of them run at once.
+    in_lanes(args.jobs, [lambda name=name: selector(name) for name in args.selectors])
+    rows = {name: rows[name] for name in args.selectors}
     return {"seed": seed, "base": summary(base), "base_training": base_training, "selectors": rows,
             "seconds": seconds}
 
@@ -202,7 +211,7 @@ def one_selector(env: dict, folder: Path, pool: list[dict], name: str, clip: Pat
 
     savi(env, "dpo", "--run", name, "--round", 1, "--no-4bit", "--max-steps", args.dpo_steps, "--batch-size", 8,
          "--grad-accum", 1, "--lr", args.dpo_lr, "--beta", args.beta, "--loss", args.dpo_loss,
-         "--save-steps", 10 ** 6, "--no-gradient-checkpointing")
+         "--tune", args.dpo_tune, "--save-steps", 10 ** 6, "--no-gradient-checkpointing")
     savi(env, "eval", "world", "--data", folder / "world", "--run", name, "--round", 1, "--frames", FRAMES)
     return {"pairs": manifest["counts"]["kept"], "label_accuracy": agreed / judged if judged else None,
             "label_pairs": judged}
@@ -277,6 +286,21 @@ def savi(env: dict, *args) -> str:
     if done.returncode != 0:
         sys.exit(f"`savi {' '.join(map(str, args))}` failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return done.stdout
+
+
+def in_lanes(jobs: int, tasks: list) -> None:
+    """Run `tasks` (functions that mostly wait on savi subprocesses), at most `jobs` at a time; the first failure
+    stops the proof."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(task) for task in tasks]:
+            future.result()
+
+
+def timed_savi(seconds: dict[str, float], name: str, env: dict, *args) -> None:
+    with timed(seconds, name):
+        savi(env, *args)
 
 
 class timed:

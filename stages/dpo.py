@@ -3,6 +3,8 @@
 The setup:
 - The base model is loaded in 4-bit NF4 (bitsandbytes); `--no-4bit` loads it in full precision instead.
 - LoRA (peft) goes on the language model's linear layers only, so the vision tower stays frozen.
+  `--tune full` trains every weight of the language model's layers and of the projector instead (peft's
+  `modules_to_save`: the adapter then holds full copies of them), for models small enough to afford it.
 - trl's stock DPOTrainer runs with savi's video collator (trl's own collator handles images only).
 - Gradient checkpointing is on, with paged 8-bit AdamW on CUDA (plain AdamW on CPU, where paged memory does not
   exist).
@@ -52,7 +54,7 @@ from stages.core.model import (
     resolve_dtype,
 )
 from stages.core.records import Pair, Sample, TrainStep
-from stages.core.settings import LOSSES, ModelConfig, TrainConfig
+from stages.core.settings import LOSSES, TUNES, ModelConfig, TrainConfig
 from stages.core.store import ArtifactWriter, Progress, Run, StageResult, atomic_dir, file_sha256
 
 log = logging.getLogger("savi")
@@ -61,12 +63,24 @@ log = logging.getLogger("savi")
 VISION_TOWERS = ("model.visual", "model.vision_tower")
 # The language model's projections; the vision tower and the output head are left alone (trl refuses lm_head).
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# What `--tune full` trains whole: the decoder layers and final norm of the language model, and the projector from
+# the vision encoder to it (inside Qwen's vision tower, beside it in LLaVA). The encoder stays frozen.
+FULL_TUNE_PARTS = (r"model\.language_model\.layers\.\d+", r"model\.language_model\.norm", r"model\.visual\.merger",
+                   r"model\.visual\.deepstack_merger_list\.\d+", r"model\.multi_modal_projector")
+# peft trains the modules above as `modules_to_save`, which it allows only beside a LoRA somewhere else. A LoRA on the
+# input embeddings is that host, frozen at its initial zero (`freeze_the_host_lora`), so it changes nothing.
+FULL_TUNE_LORA = r".*language_model\.embed_tokens"
 
 
 def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force: bool = False,
         progress: Progress | None = None) -> StageResult:
     if cfg.loss not in LOSSES:
         raise SaviError(f"unknown --loss {cfg.loss!r}: use {', '.join(LOSSES)}")
+    if cfg.tune not in TUNES:
+        raise SaviError(f"unknown --tune {cfg.tune!r}: use {', '.join(TUNES)}")
+    if cfg.tune == "full" and cfg.four_bit:
+        raise SaviError("--tune full trains the language model's own weights, which 4-bit NF4 cannot hold: add "
+                        "--no-4bit (or use --tune lora)")
     schedulers = [s.value for s in SchedulerType]
     if cfg.lr_scheduler not in schedulers:
         raise SaviError(f"unknown lr_scheduler {cfg.lr_scheduler!r} in [dpo]; use one of {', '.join(schedulers)}")
@@ -125,7 +139,11 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
     model, processor = load_model(model_cfg, training=True, run=run)
 
     peft_config = None
-    if previous is None:
+    if previous is None and cfg.tune == "full":
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=FULL_TUNE_LORA, modules_to_save=full_tune_modules(model),
+                                 task_type="CAUSAL_LM")
+    elif previous is None:
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     else:
@@ -170,10 +188,33 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
                               peft_config=peft_config, data_collator=VideoPreferenceCollator(processor, run, samples),
                               callbacks=callbacks, clip_gamma=cfg.clip_gamma if with_gap else 0.0)
     trainer.remove_callback(PrinterCallback)  # it prints metric dicts to stdout, which carries only the path
+    if cfg.tune == "full":
+        freeze_the_host_lora(trainer.model)
     keep_the_vision_tower_out_of_autograd(trainer.model)
     train_lora_in_float32(trainer.model)
     keep_dropout_on_the_trained_adapter(trainer.model, cfg.lora_dropout)
     return trainer
+
+
+def full_tune_modules(model: Any) -> list[str]:
+    """The full names of the modules `--tune full` trains whole (`FULL_TUNE_PARTS`), as peft matches them."""
+    import re
+
+    names = [name for name, _ in model.named_modules()
+             if any(re.fullmatch(part, name) for part in FULL_TUNE_PARTS)]
+    if not any(".layers." in name for name in names):
+        raise SaviError(f"--tune full does not know where the language model's layers are in a "
+                        f"{type(model).__name__}; use --tune lora")
+    return names
+
+
+def freeze_the_host_lora(model: Any) -> None:
+    """Freeze the LoRA on the input embeddings that a full tune needs as a host (`FULL_TUNE_LORA`). Its B starts at
+    zero, so frozen it adds nothing; and trl, copying the adapter into its reference, misses the embedding LoRA's
+    weights (their names end in ".default", not ".default."), so a trained one would make the reference differ."""
+    for name, param in model.named_parameters():
+        if "lora_embedding_" in name:
+            param.requires_grad = False
 
 
 def keep_the_vision_tower_out_of_autograd(model: Any) -> None:
@@ -185,11 +226,21 @@ def keep_the_vision_tower_out_of_autograd(model: Any) -> None:
     step: its blocks' inputs are kept for backward (about 2.9 GB at 7B and 32 frames of 448 px) and the blocks are
     recomputed and back-propagated through, for no gradient (LoRA is on the language model only). Under no_grad the
     hook has nothing to attach a graph to, whoever adds it.
+
+    Under `--tune full` the projector trains, and Qwen's sits inside the tower: then the tower's other parts (patch
+    embedding and blocks) run without autograd one by one instead, and the projector's inputs need no gradient.
     """
     import torch
 
     tower = next(m for name, m in model.named_modules() if name.endswith(VISION_TOWERS))
-    tower.forward = torch.no_grad()(tower.forward)
+    if not any(p.requires_grad for p in tower.parameters()):
+        tower.forward = torch.no_grad()(tower.forward)
+        return
+    for child in tower.children():
+        # A ModuleList is iterated, never called: its blocks are.
+        for part in child if isinstance(child, torch.nn.ModuleList) else [child]:
+            if not any(p.requires_grad for p in part.parameters()):
+                part.forward = torch.no_grad()(part.forward)
 
 
 def train_lora_in_float32(model: Any) -> None:
@@ -337,4 +388,5 @@ def _last_checkpoint(folder: Path) -> Path | None:
 def _save_adapter(model: Any, adapter_dir: Path) -> None:
     """Save the trained adapter only (not trl's "ref" copy), into place in one rename."""
     with atomic_dir(adapter_dir) as tmp:
-        model.save_pretrained(str(tmp), selected_adapters=["default"])
+        # No copy of the embedding matrix: peft would add one because a full tune's host LoRA sits there.
+        model.save_pretrained(str(tmp), selected_adapters=["default"], save_embedding_layers=False)

@@ -466,3 +466,63 @@ def test_dpo_scores_each_reply_as_the_model_writes_it_after_the_prompt_it_was_sa
     assert tokenizer.decode(in_prompt).endswith(generation_prompt[-20:])
     assert tokenizer.decode(completion).startswith("It moves from left to right.<|im_end|>")
     trainer.train()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --tune full
+
+
+def effective_weights(mcfg, adapter=None):
+    """The weights the model answers with: the base, or the base with an adapter merged in (a full tune's
+    copies replacing the modules they were made from)."""
+    from stages.core.model import Policy
+
+    model = Policy.load(mcfg, adapter).model
+    if adapter is not None:
+        model = model.merge_and_unload()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+def test_a_full_tune_trains_the_language_models_layers_and_projector_whole_and_never_the_vision_encoder(
+        sampled_run, tiny_model, family):
+    mcfg = ModelConfig(id=str(tiny_model(family)), device="cpu")
+    write_pairs(sampled_run, 1)
+    dpo.run(sampled_run, 1, train_cfg(max_steps=3, tune="full", gradient_checkpointing=True), mcfg)
+    before, after = effective_weights(mcfg), effective_weights(mcfg, sampled_run.round_dir(1) / "adapter")
+    assert before.keys() == after.keys()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    # Qwen3-VL's deepstack mergers project intermediate encoder layers into the language model: projectors too.
+    projector = ("multi_modal_projector", "visual.merger", "visual.deepstack_merger_list")
+    encoder = [n for n in before if "visual" in n or "vision_tower" in n]
+    layers = [n for n in before if ".layers." in n and "language_model" in n]
+    assert layers and all(n in changed for n in layers if n.endswith("q_proj.weight"))  # every layer, not a LoRA
+    assert any(part in n for n in changed for part in projector)
+    assert not any(n in changed for n in encoder if not any(part in n for part in projector))
+
+
+def test_a_full_tune_keeps_the_vision_encoder_out_of_autograd_and_chains_rounds(sampled_run, tiny_model):
+    mcfg = ModelConfig(id=str(tiny_model()), device="cpu")
+    write_pairs(sampled_run, 1, n=2)
+    samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
+    trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
+                                train_cfg(max_steps=1, tune="full", gradient_checkpointing=True), mcfg, None,
+                                sampled_run.path / "ckpt", None)
+    blocks = [m for n, m in trainer.model.named_modules() if n.endswith("visual.blocks.0")]
+    seen = []
+    blocks[0].register_forward_hook(lambda module, args, output: seen.append(output.requires_grad))
+    trainer.train()
+    assert seen and not any(seen)  # the encoder's blocks never enter the graph; the projector after them trains
+
+    dpo.run(sampled_run, 1, train_cfg(max_steps=2, tune="full"), mcfg)
+    write_pairs(sampled_run, 2)
+    dpo.run(sampled_run, 2, train_cfg(max_steps=2, tune="full"), mcfg)
+    log = sampled_run.artifact("train_log", 2).read()
+    # Round 2's reference is round 1's policy, full copies and all: the first step starts level with it.
+    assert log[0].loss == pytest.approx(math.log(2), abs=1e-3)
+
+
+def test_a_full_tune_in_4bit_is_refused_with_the_fix(sampled_run, tiny_model):
+    write_pairs(sampled_run, 1)
+    with pytest.raises(SaviError, match="add --no-4bit"):
+        dpo.run(sampled_run, 1, train_cfg(tune="full", four_bit=True), ModelConfig(id=str(tiny_model())))

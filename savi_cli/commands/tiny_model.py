@@ -92,8 +92,8 @@ def tiny_clip(
 def world(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the world into (new, empty, or an earlier world).")],
     seed: Annotated[int, typer.Option(min=0, help="Seed of the world: the same seed writes the same bytes.")] = 0,
-    small: Annotated[bool, typer.Option("--small", help="A tenth of the default size (265 clips instead of "
-                                                        "2,650), for a first look.")] = False,
+    small: Annotated[bool, typer.Option("--small", help="A small world (265 clips instead of "
+                                                        "3,850), for a first look.")] = False,
 ) -> None:
     """Build a world where the truth is known: clips of moving shapes, and questions about them with answers.
 

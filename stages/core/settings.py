@@ -25,6 +25,7 @@ POOLINGS = ("mean", "max", "topk")
 TEXT_POOLINGS = ("mean", "max")
 CLIP_FRAMES = ("each", "grid")
 LOSSES = ("sigmoid", "clip-weighted", "rpo")
+TUNES = ("lora", "full")
 # The families `savi tiny-model` builds (the folders of stages/offline/checkpoints/), the default first.
 TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava_onevision")
 EVAL_MODES = ("likelihood", "generate")
@@ -176,6 +177,10 @@ class TrainConfig:
     epochs: float = setting(1.0, "Passes over the pairs.", min=0.0)
     batch_size: int = setting(1, "Pairs per device step.", min=1, short="-b")
     grad_accum: int = setting(8, "Steps accumulated per optimizer step.", min=1)
+    tune: str = setting("lora", "What trains: lora (an adapter on the language model, as VideoSAVi; works in 4-bit) or "
+                                "full (every weight of the language model's layers and of the vision-language "
+                                "projector, the vision encoder frozen: for small models, needs --no-4bit).",
+                        choices=TUNES)
     lora_r: int = setting(16, "LoRA rank (round 1; later rounds continue its adapter).", min=1)
     lora_alpha: int = setting(32, "LoRA alpha.", min=1)
     lora_dropout: float = setting(0.05, "Dropout on the trained LoRA adapter (never on the reference).", min=0.0,

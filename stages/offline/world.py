@@ -17,8 +17,11 @@ the middle. Two questions per clip, each with 4 options (chance is 25%):
 Each option also comes as a whole reply ("The red square moves left.", "The square that moves up is blue."): a
 model that knows the world answers so, `savi eval world` scores the replies whole, and CLIP can read them.
 
-The splits and their default sizes follow the feasibility study: train 600, judge 1000, pool 600, val 150 and
-test 300 clips (2,650 in all, 5,300 questions). Layout of a world folder:
+The splits and their default sizes: train 600, judge 1000, pool 1800, val 150 and test 300 clips (3,850 in all,
+7,700 questions). The pool is three times the feasibility study's 600: a round's pairs come only from the pool
+questions whose two sampled answers differ, and 600 clips gave about 290 pairs with one right and one wrong answer,
+too few for a round to move the model significantly. Each clip is drawn from its own seed, so a larger split only
+adds clips. Layout of a world folder:
 
     DIR/world.json          version, seed, sizes, frame count and size, and a fingerprint of the content
     DIR/questions.jsonl     one question per line, with its clip's facts
@@ -46,7 +49,7 @@ from stages.offline.videos import COLORS, KINDS, Shape, write_video
 
 VERSION = 2  # 2: every question carries a full reply per option
 SPLITS: tuple[str, ...] = ("train", "judge", "pool", "val", "test")
-SIZES: dict[str, int] = {"train": 600, "judge": 1000, "pool": 600, "val": 150, "test": 300}
+SIZES: dict[str, int] = {"train": 600, "judge": 1000, "pool": 1800, "val": 150, "test": 300}
 # A tenth of the default world, for a first look in seconds rather than half a minute.
 SMALL_SIZES: dict[str, int] = {"train": 60, "judge": 100, "pool": 60, "val": 15, "test": 30}
 
