@@ -93,9 +93,19 @@ def test_the_record_holds_the_world_the_settings_the_steps_and_the_history(built
 @pytest.mark.slow
 def test_it_stops_at_the_first_evaluation_that_reaches_the_target(world, tmp_path):
     folder = build_world_model(tmp_path / "m", world, WorldModelConfig(max_steps=50, eval_every=2, batch_size=4,
-                                                                        target=0.0))
+                                                                        target=0.0, kind_target=0.0))
     rec = record(folder)
     assert rec["steps"] == 2 and [h["step"] for h in rec["history"]] == [2] and rec["reached_target"] is True
+
+
+@pytest.mark.slow
+def test_it_goes_on_while_one_kind_of_question_is_short_of_the_kind_target(world, tmp_path):
+    folder = build_world_model(tmp_path / "m", world, WorldModelConfig(max_steps=4, eval_every=2, batch_size=4,
+                                                                        target=0.0, kind_target=1.0))
+    rec = record(folder)
+    assert rec["steps"] == 4 and [h["step"] for h in rec["history"]] == [2, 4] and rec["reached_target"] is False
+    assert rec["val_by_kind"] == rec["history"][-1]["val_by_kind"]
+    assert set(rec["val_by_kind"]) == {"colour", "direction"} and min(rec["val_by_kind"].values()) < 1.0
 
 
 @pytest.mark.slow
@@ -254,6 +264,7 @@ def test_an_output_folder_holding_files_savi_did_not_write_is_refused_and_kept(w
 @pytest.mark.parametrize(("setting", "message"), [
     ({"family": "gpt2"}, "unknown model family 'gpt2'; choose one of qwen2_5_vl, qwen2_vl, qwen3_vl, llava_onevision"),
     ({"target": 1.5}, "the target is a validation accuracy from 0 to 1, got 1.5"),
+    ({"kind_target": -0.1}, "the kind target is a validation accuracy from 0 to 1, got -0.1"),
     ({"max_steps": 0}, "max steps must be at least 1, got 0"),
     ({"learning_rate": 0.0}, "the learning rate must be above 0, got 0.0"),
 ])
@@ -275,5 +286,6 @@ def test_savi_tiny_model_world_trains_with_the_given_flags_and_says_where_it_sto
     assert result.stdout == f"{out}\n"
     record = json.loads((out / TRAINING_FILE).read_text())
     assert (record["seed"], record["steps"], record["batch_size"], record["target"]) == (1, 2, 4, 1.0)
-    assert result.stderr.splitlines()[-1] == (f"val accuracy {record['val_accuracy']:.3f} at step 2 (target 1.0, "
-                                              f"not reached), {record['seconds']:.0f} s")
+    kinds = f"colour {record['val_by_kind']['colour']:.3f}, direction {record['val_by_kind']['direction']:.3f}"
+    assert result.stderr.splitlines()[-1] == (f"val accuracy {record['val_accuracy']:.3f} ({kinds}) at step 2 "
+                                              f"(target 1.0, every kind 0.4: not reached), {record['seconds']:.0f} s")

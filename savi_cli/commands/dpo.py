@@ -13,8 +13,9 @@ def dpo(input: InputArg = None, run: StageRunOpt = None, round: RoundOpt = None,
         workspace: WorkspaceOpt = None, *, settings: dict) -> None:
     """Train round R's policy on the kept pairs: 4-bit QLoRA DPO with a video collator.
 
-    Round 1 trains a LoRA adapter on the base model. Round R continues round R-1's adapter, with it as the
-    reference. The adapter goes to round=R/adapter/, and the per-step log to train_log.parquet. After a crash,
+    Round 1 trains a LoRA adapter on the base model (--tune full trains the language model's layers and the
+    projector whole instead, for small models, with --no-4bit). Round R continues round R-1's adapter, with it as
+    the reference. The adapter goes to round=R/adapter/, and the per-step log to train_log.parquet. After a crash,
     rerunning resumes from the last checkpoint. Settings not given as flags come from the [dpo] section of
     the run's savi.toml (for example lr = 1e-5), then from the defaults. Prints the adapter's path.
 

@@ -26,7 +26,8 @@ def tiny_model(
     A random one's output is meaningless text, but it runs the real code path: any command's --model accepts the
     folder. With --world it learns the world instead: its vision tower initialised so that it can see, then
     fine-tuned in one thread on the train split until its accuracy on the val split, scored as `savi eval world`
-    scores it, reaches --target (about 5-10 CPU-minutes on the default world). world_training.json records the
+    scores it, reaches --target with every kind of question at --kind-target (about 5-10 CPU-minutes on the
+    default world). world_training.json records the
     steps and the accuracy it stopped at; the same seed gives the same model.
 
     Example:
@@ -52,8 +53,10 @@ def tiny_model(
     cfg = WorldModelConfig(family=family, seed=seed, **given)
     folder = build_world_model(out_dir, world, cfg, progress=lambda total: progress_bar(total, "world model", "step"))
     record = json.loads((folder / TRAINING_FILE).read_text())
-    typer.echo(f"val accuracy {record['val_accuracy']:.3f} at step {record['steps']} (target {cfg.target}"
-               f"{'' if record['reached_target'] else ', not reached'}), {record['seconds']:.0f} s", err=True)
+    kinds = ", ".join(f"{kind} {accuracy:.3f}" for kind, accuracy in record["val_by_kind"].items())
+    typer.echo(f"val accuracy {record['val_accuracy']:.3f} ({kinds}) at step {record['steps']} (target {cfg.target}, "
+               f"every kind {cfg.kind_target}{'' if record['reached_target'] else ': not reached'}), "
+               f"{record['seconds']:.0f} s", err=True)
     typer.echo(str(folder))
 
 

@@ -218,6 +218,9 @@ class WorldModelConfig:
     seed: int = setting(0, "Seed of the initial weights and of the order of the training examples.", min=0)
     target: float = setting(0.55, "Stop at the first evaluation whose val accuracy reaches this (chance: 0.25).",
                             min=0.0, max=1.0)
+    kind_target: float = setting(0.4, "And stop only once every kind of question (direction, colour) reaches this "
+                                      "val accuracy: a model at chance on one kind, its vision blind to it, cannot "
+                                      "learn that kind from a round.", min=0.0, max=1.0)
     max_steps: int = setting(3000, "Stop after this many training steps even below the target (with a warning).",
                              min=1)
     eval_every: int = setting(100, "Evaluate on the val split every this many steps.", min=1)
@@ -230,8 +233,10 @@ class WorldModelConfig:
 
         if self.family not in TINY_FAMILIES:
             raise SaviError(f"unknown model family {self.family!r}; choose one of {', '.join(TINY_FAMILIES)}")
-        if not 0.0 <= self.target <= 1.0:
-            raise SaviError(f"the target is a validation accuracy from 0 to 1, got {self.target}")
+        for name in ("target", "kind_target"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise SaviError(f"the {name.replace('_', ' ')} is a validation accuracy from 0 to 1, got "
+                                f"{getattr(self, name)}")
         for name in ("max_steps", "eval_every", "batch_size"):
             if getattr(self, name) < 1:
                 raise SaviError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
