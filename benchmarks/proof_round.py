@@ -1,20 +1,23 @@
 """Proof that a round helps: one round of savi in a world whose truth is known, judged four ways.
 
-Run from the repository root (CPU only, nothing downloaded; 21-26 minutes a seed on one thread, measured):
+Run from the repository root (CPU only, nothing downloaded; about 20 minutes a seed on two cores, measured in
+docs/FIDELITY.md):
 
     make proof                                    # 3 seeds; writes the table to docs/FIDELITY.md
     .venv/bin/python benchmarks/proof_round.py --seeds 0          # one seed, table on stdout only
 
 Options: ``--seeds 0 1 2``; ``--selectors oracle random`` (a subset); ``--root DIR`` (default a temporary folder,
-removed at the end unless ``--keep``); ``--out docs/FIDELITY.md``; ``--json FILE``; ``--dpo-steps``, ``--dpo-lr``,
-``--beta``, ``--dpo-loss`` (the round's DPO).
+removed at the end unless ``--keep``); ``--out docs/FIDELITY.md``; ``--json FILE``; ``--jobs N`` (savi commands at
+once, one thread each: default 2); ``--dpo-steps``, ``--dpo-lr``, ``--beta``, ``--dpo-loss``, ``--dpo-tune`` (the
+round's DPO).
 
 What it does, per seed
 ----------------------
 1. **The world** (`savi world`): 3,850 seeded clips of moving shapes and 4-option questions about their colour and
    direction, in train, judge, pool, val and test splits (`stages/offline/world.py`).
 2. **A model that knows it, imperfectly** (`savi tiny-model --world`): a tiny Qwen2.5-VL of the real configuration,
-   fine-tuned on the train split until its validation accuracy reaches 0.55.
+   fine-tuned on the train split until its validation accuracy reaches 0.55, with each kind of question at 0.4 or
+   more (chance: 0.25).
 3. **A CLIP that knows it** (`savi tiny-clip --world`): a tiny CLIP trained on the judge split, on single frames
    and on 2x2 time-ordered grids.
 4. **The round's answers**: the pool clips are sampled (`savi sample`), their questions taken as the round's, with
@@ -27,8 +30,10 @@ What it does, per seed
      better; per-frame cosines, mean-pooled);
    - *clip-grid*: the same with `--clip-frames grid`, a grounding score that sees the frames' order;
    - *random*: every candidate, oriented by a coin (the control).
-6. **DPO** on each selector's pairs (`savi dpo`, trl with savi's video collator), then **evaluation** of the base
-   and of each trained model on the 600 test questions (`savi eval world`).
+6. **DPO** on each selector's pairs (`savi dpo --tune full --loss rpo --lr 6e-4`, 300 steps of 8 pairs: trl with
+   savi's video collator, training the language model's layers and the projector whole; a LoRA does not move a
+   model this small, see docs/FIDELITY.md), then **evaluation** of the base and of each trained model on the 600
+   test questions (`savi eval world`).
 
 The table gives, per selector: its label accuracy on the kept pairs with one right and one wrong answer, the
 number of pairs it kept, the test accuracy with its 95% Wilson CI, the change from the base with a paired
@@ -125,6 +130,9 @@ def one_seed(folder: Path, seed: int, args: argparse.Namespace) -> dict:
         lambda: timed_savi(seconds, "clip", env, "tiny-clip", clip, *clip_world, "--seed", seed),
     ])
     base_training = json.loads((model / "world_training.json").read_text())
+    if not base_training["reached_target"]:
+        sys.exit(f"the world model of seed {seed} stopped at {base_training['steps']} steps short of its target "
+                 f"(val {base_training['val_accuracy']}, by kind {base_training['val_by_kind']}): no proof on it")
 
     with timed(seconds, "answers"):
         pool = pool_run(env, folder, world, model)
