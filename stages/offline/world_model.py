@@ -24,8 +24,9 @@ Example: savi world worlds/w0 && savi tiny-model models/w0 --world worlds/w0
   does, reads the record and refuses it.
 
 On the default world (seed 0) it stops at step 1,300 with val accuracy 0.607 (test 0.638), after about 9 minutes
-on one core of a busy machine; seeds 1 and 2 stop at steps 700 and 1,400 (val 0.843 and 0.720). It runs on the CPU in one thread, the caller's thread count restored afterwards: a
-model this small gains nothing from more, and on a busy 2-core machine two threads ran 30 times slower than one.
+on one core of a busy machine; seeds 1 and 2 stop at steps 700 and 1,400 (val 0.843 and 0.720). It runs on the
+CPU in one thread, the caller's thread count restored afterwards: a model this small gains nothing from more, and
+on a busy 2-core machine two threads ran 30 times slower than one.
 The same world, seed and settings give the same weights and the same record (but its `seconds`). The folder is
 written beside itself and renamed into place:
 
