@@ -140,12 +140,13 @@ def one_seed(folder: Path, seed: int, args: argparse.Namespace) -> dict:
         savi(env, "eval", "world", "--data", world, "--run", "pool", "--round", "0", "--frames", FRAMES)
     base = eval_results(env, "pool", 0)
 
+    rows: dict[str, dict] = {}
+
     def selector(name: str) -> None:
         with timed(seconds, name):
             row = one_selector(env, folder, pool, name, clip, seed, args)
             rows[name] = {**row, **compare(base, eval_results(env, name, 1))}
 
-    rows: dict[str, dict] = {}
     # Each selector trains and evaluates in a run of its own, so `--jobs` of them run at once.
     in_lanes(args.jobs, [lambda name=name: selector(name) for name in args.selectors])
     rows = {name: rows[name] for name in args.selectors}
@@ -297,13 +298,18 @@ def savi(env: dict, *args) -> str:
 
 
 def in_lanes(jobs: int, tasks: list) -> None:
-    """Run `tasks` (functions that mostly wait on savi subprocesses), at most `jobs` at a time; the first failure
-    stops the proof."""
+    """Run `tasks` (functions that mostly wait on savi subprocesses), at most `jobs` at a time. The first failure
+    stops the proof once the commands already running beside it end; the tasks still queued are cancelled."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for future in [pool.submit(task) for task in tasks]:
-            future.result()
+        futures = [pool.submit(task) for task in tasks]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def timed_savi(seconds: dict[str, float], name: str, env: dict, *args) -> None:
