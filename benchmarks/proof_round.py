@@ -1,6 +1,6 @@
 """Proof that a round helps: one round of savi in a world whose truth is known, judged four ways.
 
-Run from the repository root (CPU only, nothing downloaded; about 20 minutes a seed on two cores, measured in
+Run from the repository root (CPU only, nothing downloaded; 16 minutes a seed on two cores, measured in
 docs/FIDELITY.md):
 
     make proof                                    # 3 seeds; writes the table to docs/FIDELITY.md
