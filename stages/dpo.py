@@ -139,13 +139,11 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
     model, processor = load_model(model_cfg, training=True, run=run)
 
     peft_config = None
-    if previous is None and cfg.tune == "full":
+    if previous is None:
+        full = cfg.tune == "full"
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=FULL_TUNE_LORA, modules_to_save=full_tune_modules(model),
-                                 task_type="CAUSAL_LM")
-    elif previous is None:
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+                                 target_modules=FULL_TUNE_LORA if full else LORA_TARGETS,
+                                 modules_to_save=full_tune_modules(model) if full else None, task_type="CAUSAL_LM")
     else:
         # The trainable adapter starts as M(r-1); trl copies it into a frozen "ref" adapter for the reference.
         model = load_adapter(model, previous, trainable=True)

@@ -26,9 +26,9 @@ def tiny_model(
     A random one's output is meaningless text, but it runs the real code path: any command's --model accepts the
     folder. With --world it learns the world instead: its vision tower initialised so that it can see, then
     fine-tuned in one thread on the train split until its accuracy on the val split, scored as `savi eval world`
-    scores it, reaches --target with every kind of question at --kind-target (about 5-10 CPU-minutes on the
-    default world). world_training.json records the
-    steps and the accuracy it stopped at; the same seed gives the same model.
+    scores it, reaches --target with every kind of question at --kind-target (about 5-15 CPU-minutes on the
+    default world). world_training.json records the steps and the accuracy it stopped at; the same seed gives the
+    same model.
 
     Example:
 
@@ -47,16 +47,15 @@ def tiny_model(
     import json
 
     from savi_cli.progress import progress_bar
-    from stages.offline.world_model import TRAINING_FILE, build_world_model
+    from stages.offline.world_model import TRAINING_FILE, build_world_model, by_kind_text
 
     given = {k: v for k, v in settings[WorldModelConfig].items() if v is not None}
     cfg = WorldModelConfig(family=family, seed=seed, **given)
     folder = build_world_model(out_dir, world, cfg, progress=lambda total: progress_bar(total, "world model", "step"))
     record = json.loads((folder / TRAINING_FILE).read_text())
-    kinds = ", ".join(f"{kind} {accuracy:.3f}" for kind, accuracy in record["val_by_kind"].items())
-    typer.echo(f"val accuracy {record['val_accuracy']:.3f} ({kinds}) at step {record['steps']} (target {cfg.target}, "
-               f"every kind {cfg.kind_target}{'' if record['reached_target'] else ': not reached'}), "
-               f"{record['seconds']:.0f} s", err=True)
+    typer.echo(f"val accuracy {record['val_accuracy']:.3f} ({by_kind_text(record)}) at step {record['steps']} "
+               f"(target {cfg.target}, every kind {cfg.kind_target}"
+               f"{'' if record['reached_target'] else ': not reached'}), {record['seconds']:.0f} s", err=True)
     typer.echo(str(folder))
 
 

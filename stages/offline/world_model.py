@@ -82,12 +82,16 @@ def build_world_model(out_dir: str | Path, world_dir: str | Path, cfg: WorldMode
     finally:
         torch.set_num_threads(threads)
     if not record["reached_target"]:
-        kinds = ", ".join(f"{kind} {accuracy:.3f}" for kind, accuracy in record["val_by_kind"].items())
         log.warning(f"the world model stopped at --max-steps {cfg.max_steps} with validation accuracy "
-                    f"{record['val_accuracy']:.3f} ({kinds}), short of the target {cfg.target} (every kind "
-                    f"{cfg.kind_target}; chance is {CHANCE}); it is saved all the same: raise --max-steps, or lower "
-                    f"--target or --kind-target")
+                    f"{record['val_accuracy']:.3f} ({by_kind_text(record)}), short of the target {cfg.target} "
+                    f"(every kind {cfg.kind_target}; chance is {CHANCE}); it is saved all the same: raise "
+                    f"--max-steps, or lower --target or --kind-target")
     return out
+
+
+def by_kind_text(record: dict[str, Any]) -> str:
+    """The val accuracy of each kind of question in a training record, as "colour 0.693, direction 0.520"."""
+    return ", ".join(f"{kind} {accuracy:.3f}" for kind, accuracy in record["val_by_kind"].items())
 
 
 def checked_world(folder: Path) -> dict[str, Any]:
