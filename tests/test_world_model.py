@@ -20,7 +20,15 @@ from stages.core.settings import EvalConfig, ModelConfig
 from stages.eval import decode_item
 from stages.offline.tiny_model import FAMILIES, build_tiny_model
 from stages.offline.world import FRAMES, build_world
-from stages.offline.world_model import TRAINING_FILE, WorldModelConfig, build_world_model, world_corpus
+from stages.offline.world_model import (
+    TRAINING_FILE,
+    WorldModelConfig,
+    _resting_kinds,
+    _Split,
+    _training_examples,
+    build_world_model,
+    world_corpus,
+)
 
 # Enough clips to fill a few batches and score a few questions; the builds take seconds.
 SIZES = {"train": 6, "val": 3, "test": 2}
@@ -106,6 +114,31 @@ def test_it_goes_on_while_one_kind_of_question_is_short_of_the_kind_target(world
     assert rec["steps"] == 4 and [h["step"] for h in rec["history"]] == [2, 4] and rec["reached_target"] is False
     assert rec["val_by_kind"] == rec["history"][-1]["val_by_kind"]
     assert set(rec["val_by_kind"]) == {"colour", "direction"} and min(rec["val_by_kind"].values()) < 1.0
+
+
+@pytest.mark.slow
+def test_a_kind_at_the_ceiling_leaves_the_batches_while_another_is_below_it(world, tmp_path):
+    cfg = WorldModelConfig(max_steps=4, eval_every=2, batch_size=4, target=1.0, kind_ceiling=0.3)
+    rested = record(build_world_model(tmp_path / "rested", world, cfg))
+    never = WorldModelConfig(**{**vars(cfg), "kind_ceiling": 1.0})
+    unrested = record(build_world_model(tmp_path / "unrested", world, never))
+    # Seeded, so both runs evaluate alike at step 2: direction at the ceiling, colour below it.
+    first = rested["history"][0]
+    assert first["val_by_kind"]["direction"] >= 0.3 > first["val_by_kind"]["colour"]
+    assert first["resting"] == ["direction"] and unrested["history"][0]["resting"] == []
+    assert {**first, "resting": []} == unrested["history"][0]
+    # Steps 3 and 4 then trained on colour questions alone, so the two models part there.
+    assert rested["history"][1]["train_loss"] != unrested["history"][1]["train_loss"]
+
+
+def test_no_kind_rests_once_every_kind_reaches_the_ceiling_and_resting_kinds_leave_the_examples(world):
+    cfg = WorldModelConfig(kind_ceiling=0.7)
+    assert _resting_kinds({"val_by_kind": {"colour": 0.8, "direction": 0.3}}, cfg) == {"colour"}
+    assert _resting_kinds({"val_by_kind": {"colour": 0.8, "direction": 0.7}}, cfg) == set()
+    train = _Split(world, "train", FRAMES)
+    kept = [train.items[i].category for i in _training_examples(train, {"colour"})]
+    assert kept and set(kept) == {"direction"}
+    assert len(_training_examples(train, set())) == len(train.items)
 
 
 @pytest.mark.slow
@@ -265,6 +298,7 @@ def test_an_output_folder_holding_files_savi_did_not_write_is_refused_and_kept(w
     ({"family": "gpt2"}, "unknown model family 'gpt2'; choose one of qwen2_5_vl, qwen2_vl, qwen3_vl, llava_onevision"),
     ({"target": 1.5}, "the target is a validation accuracy from 0 to 1, got 1.5"),
     ({"kind_target": -0.1}, "the kind target is a validation accuracy from 0 to 1, got -0.1"),
+    ({"kind_ceiling": 2.0}, "the kind ceiling is a validation accuracy from 0 to 1, got 2.0"),
     ({"max_steps": 0}, "max steps must be at least 1, got 0"),
     ({"learning_rate": 0.0}, "the learning rate must be above 0, got 0.0"),
 ])

@@ -221,6 +221,10 @@ class WorldModelConfig:
     kind_target: float = setting(0.4, "And stop only once every kind of question (direction, colour) reaches this "
                                       "val accuracy: a model at chance on one kind, its vision blind to it, cannot "
                                       "learn that kind from a round.", min=0.0, max=1.0)
+    kind_ceiling: float = setting(0.7, "A kind of question whose val accuracy reaches this rests (leaves the "
+                                       "training batches) until every kind reaches it: trained on, colour reaches "
+                                       "0.98 before direction leaves chance, and a round then has only direction "
+                                       "left to teach.", min=0.0, max=1.0)
     max_steps: int = setting(3000, "Stop after this many training steps even below the target (with a warning).",
                              min=1)
     eval_every: int = setting(100, "Evaluate on the val split every this many steps.", min=1)
@@ -233,7 +237,7 @@ class WorldModelConfig:
 
         if self.family not in TINY_FAMILIES:
             raise SaviError(f"unknown model family {self.family!r}; choose one of {', '.join(TINY_FAMILIES)}")
-        for name in ("target", "kind_target"):
+        for name in ("target", "kind_target", "kind_ceiling"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SaviError(f"the {name.replace('_', ' ')} is a validation accuracy from 0 to 1, got "
                                 f"{getattr(self, name)}")

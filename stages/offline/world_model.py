@@ -170,7 +170,8 @@ def _train(model: Any, processor: Any, train: _Split, val: _Split, cfg: WorldMod
     from stages.core.model import chat, reply_batch
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    order = _example_order(len(train.items), cfg.batch_size, generator)
+    resting: set[str] = set()
+    order = _example_order(_training_examples(train, resting), cfg.batch_size, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
     history: list[dict[str, Any]] = []
     losses: list[float] = []
@@ -190,13 +191,18 @@ def _train(model: Any, processor: Any, train: _Split, val: _Split, cfg: WorldMod
             right = _val_right(model, processor, val)
             kinds = sorted({item.category for item in val.items})
             # Rounded as `savi eval` rounds its accuracy, so the two read alike.
-            history.append({"step": step, "val_accuracy": _accuracy(right),
-                            "val_by_kind": {kind: _accuracy([r for r, item in zip(right, val.items)
-                                                             if item.category == kind]) for kind in kinds},
-                            "train_loss": round(sum(losses) / len(losses), 4)})
+            evaluation = {"step": step, "val_accuracy": _accuracy(right),
+                          "val_by_kind": {kind: _accuracy([r for r, item in zip(right, val.items)
+                                                           if item.category == kind]) for kind in kinds},
+                          "train_loss": round(sum(losses) / len(losses), 4)}
+            now_resting = _resting_kinds(evaluation, cfg)
+            history.append({**evaluation, "resting": sorted(now_resting)})
             losses = []
-            if _reached(history[-1], cfg):
+            if _reached(evaluation, cfg):
                 break
+            if now_resting != resting:
+                resting = now_resting
+                order = _example_order(_training_examples(train, resting), cfg.batch_size, generator)
     model.eval()
     return history, step, right
 
@@ -209,14 +215,26 @@ def _reached(evaluation: dict[str, Any], cfg: WorldModelConfig) -> bool:
     return evaluation["val_accuracy"] >= cfg.target and min(evaluation["val_by_kind"].values()) >= cfg.kind_target
 
 
-def _example_order(count: int, batch_size: int, generator: Any) -> Any:
+def _resting_kinds(evaluation: dict[str, Any], cfg: WorldModelConfig) -> set[str]:
+    """The kinds of question at `kind_ceiling` or more, while some kind is still below it."""
+    by_kind = evaluation["val_by_kind"]
+    if min(by_kind.values()) >= cfg.kind_ceiling:
+        return set()
+    return {kind for kind, accuracy in by_kind.items() if accuracy >= cfg.kind_ceiling}
+
+
+def _training_examples(train: _Split, resting: set[str]) -> list[int]:
+    return [index for index, item in enumerate(train.items) if item.category not in resting]
+
+
+def _example_order(examples: list[int], batch_size: int, generator: Any) -> Any:
     """Batches of example indexes, endlessly: each pass over the examples in a fresh seeded order."""
     import torch
 
     pending: list[int] = []
     while True:
         while len(pending) < batch_size:
-            pending += torch.randperm(count, generator=generator).tolist()
+            pending += [examples[i] for i in torch.randperm(len(examples), generator=generator).tolist()]
         yield pending[:batch_size]
         pending = pending[batch_size:]
 
