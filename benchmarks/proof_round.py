@@ -137,7 +137,8 @@ def one_seed(folder: Path, seed: int, args: argparse.Namespace) -> dict:
     with timed(seconds, "answers"):
         pool = pool_run(env, folder, world, model)
     with timed(seconds, "base eval"):
-        savi(env, "eval", "world", "--data", world, "--run", "pool", "--round", "0", "--frames", FRAMES)
+        savi(env, "eval", "world", "--data", world, "--run", "pool", "--round", "0", "--frames", FRAMES,
+             "--protocol", "likelihood")
     base = eval_results(env, "pool", 0)
 
     rows: dict[str, dict] = {}
@@ -221,7 +222,8 @@ def one_selector(env: dict, folder: Path, pool: list[dict], name: str, clip: Pat
     savi(env, "dpo", "--run", name, "--round", 1, "--no-4bit", "--max-steps", args.dpo_steps, "--batch-size", 8,
          "--grad-accum", 1, "--lr", args.dpo_lr, "--beta", args.beta, "--loss", args.dpo_loss,
          "--tune", args.dpo_tune, "--save-steps", 10 ** 6, "--no-gradient-checkpointing")
-    savi(env, "eval", "world", "--data", folder / "world", "--run", name, "--round", 1, "--frames", FRAMES)
+    savi(env, "eval", "world", "--data", folder / "world", "--run", name, "--round", 1, "--frames", FRAMES,
+         "--protocol", "likelihood")
     return {"pairs": manifest["counts"]["kept"], "label_accuracy": agreed / judged if judged else None,
             "label_pairs": judged}
 

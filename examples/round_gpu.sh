@@ -150,11 +150,11 @@ four_bit = true
 gradient_checkpointing = true
 
 [eval]
-# VideoSAVi's evaluation protocol: 32 frames per question, 448 px [paper]. likelihood (savi's default) scores
-# each option's letter in one forward pass: cheap, and no reply is ever unparsed, so rounds compare cleanly.
-# To compare with published numbers, use "generate" instead: a greedy reply to lmms-eval's prompt, parsed, as
-# VideoSAVi's evaluation does [paper].
-mode = "likelihood"
+# lmms-eval's protocol (savi's default), as VideoSAVi's Table 1 and the model cards report: a greedy reply to
+# each task's prompt, read by the task's answer extractor, with savi's strict reading of the same replies
+# beside it. "likelihood" scores each option's letter in one forward pass instead: a fast diagnostic that no
+# published figure uses. VideoSAVi samples 32 frames per question at 448 px [paper].
+protocol = "lmms-eval"
 frames = 32
 max_side = 448
 TOML

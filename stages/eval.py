@@ -5,13 +5,18 @@ question gets a row in `round=<r>/eval/<benchmark>.parquet` (a prediction, or th
 `<benchmark>.summary.json` beside it holds the accuracy, overall and per category. Hidden-answer splits (the
 full EgoSchema, test sets) also get the submission file their leaderboard expects.
 
-Two ways to answer:
-- likelihood (the default): one forward pass per question scores each option's label ("A", "B", ... or yes/no)
-  as the first token of the reply, and the best-scoring option is the prediction. It cannot fail to parse.
-  Benchmarks whose options are whole replies (the world's) score each reply whole instead, one pass per option.
-- generate: the model writes a reply to the benchmark's lmms-eval prompt, greedily, and `parse_choice` reads
-  it. Unlike the reference scorers it never guesses a random letter: an unreadable reply counts as wrong and is
-  reported separately as `unparsed`.
+Two protocols:
+- lmms-eval (the default): the model writes a reply to the benchmark's lmms-eval prompt, greedily, for the task's
+  reply length (`protocol.reply_tokens`), and the task's lmms-eval 0.7.3 answer extractor reads it
+  (`extract.read_answer`). Where lmms-eval would guess a random letter, savi does not guess: the reply counts as
+  unmatched and earns the guess's expected value, 1/k, so the figure is deterministic and equal in expectation
+  to lmms-eval's. Where lmms-eval would ask a GPT judge (TempCompass), the reply counts as unmatched. The strict
+  accuracy of the same replies (savi's own parser; a reply naming no single option is wrong) is always beside
+  it. `savi eval --rescore` reads the stored replies again, without the model.
+- likelihood: one forward pass per question scores each option's label ("A", "B", ... or yes/no) as the first
+  token of the reply, and the best-scoring option is the prediction. It cannot fail to parse, and no published
+  figure is measured this way: a fast diagnostic. Benchmarks whose options are whole replies (the world's) score
+  each reply whole instead, one pass per option.
 
 Both use the benchmark's own prompt, and the frames are sampled as `savi sample` does (uniform segment
 midpoints, within the question's time span where the benchmark gives one).
@@ -19,6 +24,7 @@ midpoints, within the question's time span where the benchmark gives one).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -30,8 +36,10 @@ from typing import Any
 import numpy as np
 
 from stages.benchmarks import BENCHMARKS, Benchmark, EvalItem, read_benchmark, submission
-from stages.benchmarks.choice import LETTERS, parse_choice
-from stages.core.errors import SaviError
+from stages.benchmarks.choice import LETTERS
+from stages.benchmarks.extract import JUDGE, RANDOM, Reading, read_answer
+from stages.benchmarks.protocol import decoded_frame_count, family_of, frame_indices, frame_size, reply_tokens
+from stages.core.errors import SaviError, first_line
 from stages.core.model import (
     Decoding,
     Policy,
@@ -42,7 +50,7 @@ from stages.core.model import (
     trained_rounds,
 )
 from stages.core.records import EvalResult
-from stages.core.settings import EVAL_MODES, EvalConfig, ModelConfig
+from stages.core.settings import EVAL_PROTOCOLS, EvalConfig, ModelConfig
 from stages.core.store import (
     DEFAULT_RUN,
     ArtifactWriter,
@@ -56,7 +64,7 @@ from stages.core.store import (
     ticker,
     write_json,
 )
-from stages.core.video import VideoError, read_frame_folder, read_video
+from stages.core.video import Sampling, VideoError, read_frame_folder, read_video
 
 MISSING_SHOWN = 5
 
@@ -91,23 +99,27 @@ def table_name(bench: Benchmark) -> str:
 
 def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cfg: ModelConfig, *,
         force: bool = False, progress: Progress | None = None) -> EvalOutcome:
-    if cfg.mode not in EVAL_MODES:
-        raise SaviError(f"unknown --mode {cfg.mode!r}: use {' or '.join(EVAL_MODES)}")
+    if cfg.protocol not in EVAL_PROTOCOLS:
+        raise SaviError(f"unknown --protocol {cfg.protocol!r}: use {' or '.join(EVAL_PROTOCOLS)}")
     if round < 0:
         raise SaviError(f"--round must be 0 (the base model) or a trained round; got {round}")
     bench, items, present, missing = questions(source, cfg)
     adapter = trained_adapter(run, round)
 
     name = table_name(bench)
-    params = {"benchmark": bench.name, "split": bench.split, "mode": cfg.mode, "frames": cfg.frames,
-              "max_side": cfg.max_side, "model": model_cfg.id, "adapter": adapter_fingerprint(adapter)}
-    if cfg.mode == "generate":
-        params["max_new_tokens"] = cfg.max_new_tokens
-        params["decoding"] = Decoding(max_new_tokens=cfg.max_new_tokens).record()
+    family = model_family(model_cfg) if cfg.protocol == "lmms-eval" else None
+    penalty = shipped_repetition_penalty(model_cfg) if family else 1.0
+    params = {"benchmark": bench.name, "split": bench.split, "protocol": cfg.protocol, "frames": cfg.frames,
+              "model": model_cfg.id, "adapter": adapter_fingerprint(adapter)}
+    if family is None:
+        params["max_side"] = cfg.max_side
+    else:
+        params["family"] = family
+        params["decoding"] = _decoding(bench, cfg, family, penalty).record()
     inputs = {"annotations": {p.name: file_sha256(p) for p in bench.sources}, "questions": len(items),
               "videos_found": len(present)}
     art = run.eval_artifact(name, round)
-    summary_path = art.path.with_name(f"{name}.summary.json")
+    summary_path = _summary_path(art)
     writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True)
     if writer.up_to_date:
         summary = json.loads(summary_path.read_text())
@@ -123,8 +135,9 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
     try:
         # Batches are cut from all the questions, as a run that was never interrupted cuts them: a question is
         # scored beside the same others (padded alike), so a resumed table holds the very same numbers.
-        for batch, videos in _decoded_batches(list(pending_batches(ordered, model_cfg.batch_size, done)), cfg):
-            for row in _answer(policy, batch, videos, cfg, name):
+        batches = list(pending_batches(ordered, model_cfg.batch_size, done))
+        for batch, videos in _decoded_batches(batches, cfg, lmms_eval_sampling(family, cfg.frames) if family else None):
+            for row in _answer(policy, batch, videos, cfg, bench, name, family, penalty):
                 if writer.add(row):
                     tick()
     finally:
@@ -133,13 +146,51 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
     # The summary is written before the manifest, so a finished table always has one.
     current = {i.question_id for i in present}
     rows: list[EvalResult] = [r for r in writer.records() if r.question_id in current]
-    summary = summarize(rows, bench, round, cfg.mode, model_cfg.id, missing=len(missing))
+    summary = summarize(rows, bench, round, cfg.protocol, model_cfg.id, missing=len(missing))
+    summary["frames"] = frames_used(cfg, family)
     write_json(summary_path, summary)
     submission_path = _write_submission(art.path, bench, rows)
-    counts = {k: summary[k] for k in ("questions", "accuracy", "correct", "unparsed", "video_errors",
-                                      "missing_videos")}
+    counts = {k: summary[k] for k in COUNTED}
     result = writer.finish_result(len(todo), counts, keep=current)
     return EvalOutcome(name, result, summary, summary_path, submission_path)
+
+
+def rescore(run: Run, round: int, source: BenchmarkSource) -> EvalOutcome:
+    """Read the stored replies of a finished eval again with the current extractors and parser, and replace the
+    table and its summary once the new ones are whole. The model is not loaded, and no video is decoded."""
+    bench = read_benchmark(source.name, source.data, source.split, source.videos)
+    name = table_name(bench)
+    art = run.eval_artifact(name, round)
+    if not art.complete:
+        raise SaviError(f"run {run.name} has no finished {name} eval of round {round} to rescore; run `savi eval "
+                        f"{bench.name} --data {source.data} --run {run.name} --round {round}` first")
+    manifest = art.manifest()
+    protocol = manifest["params"].get("protocol", manifest["params"].get("mode"))
+    if protocol == "likelihood":
+        raise SaviError(f"the {name} eval of round {round} scored options by likelihood: it holds no replies to "
+                        "read again; evaluate with --protocol lmms-eval")
+    items = {item.question_id: item for item in bench.items}
+    writer = ArtifactWriter(art, params=manifest["params"], inputs=manifest["inputs"], force=True)
+    rows = []
+    for row in art.read():
+        item = items.get(row.question_id)
+        if item is not None and row.error is None:
+            reading, strict = readings(bench.name, item, row.response)
+            row = dataclasses.replace(row, **_scored(item, reading, strict, decoded=True))
+        rows.append(row)
+        writer.add(row)
+    summary_path = _summary_path(art)
+    before = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = summarize(rows, bench, round, protocol, manifest["params"]["model"],
+                        missing=before.get("missing_videos", 0))
+    write_json(summary_path, summary)
+    submission_path = _write_submission(art.path, bench, rows)
+    result = writer.finish_result(len(rows), {k: summary[k] for k in COUNTED}, notes={"rescored": True})
+    return EvalOutcome(name, result, summary, summary_path, submission_path)
+
+
+def _summary_path(art: Any) -> Path:
+    return art.path.with_name(f"{art.name}.summary.json")
 
 
 def questions(source: BenchmarkSource, cfg: EvalConfig) -> tuple[Benchmark, list[EvalItem], list[EvalItem], list[str]]:
@@ -184,8 +235,63 @@ def _check_videos(bench: Benchmark, items: list[EvalItem], source: BenchmarkSour
     return present, missing
 
 
-def _decoded_batches(batches: list[Sequence[EvalItem]],
-                     cfg: EvalConfig) -> Iterator[tuple[Sequence[EvalItem], dict[str, Video | str]]]:
+def model_family(model_cfg: ModelConfig) -> str:
+    """The lmms-eval protocol's model family of the checkpoint, read from its configuration alone."""
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(model_cfg.id).model_type
+    except (OSError, ValueError) as e:
+        raise SaviError(f"cannot read the configuration of {model_cfg.id}: {first_line(e, 160)}") from None
+    return family_of(model_type)
+
+
+def shipped_repetition_penalty(model_cfg: ModelConfig) -> float:
+    """The repetition penalty the checkpoint's generation_config.json ships (Qwen2.5-VL-7B-Instruct: 1.05).
+    lmms-eval's model paths never set one, so generate() applies the shipped value, and savi, which otherwise
+    drops the shipped defaults, applies it too under the lmms-eval protocol."""
+    from transformers import GenerationConfig
+
+    try:
+        return float(GenerationConfig.from_pretrained(model_cfg.id).repetition_penalty or 1.0)
+    except OSError:  # no generation_config.json: generate()'s own default
+        return 1.0
+
+
+def lmms_eval_sampling(family: str, frames: int) -> Sampling:
+    """lmms-eval's frames for the family (`protocol.frame_indices`, up to `frames`) at its pixel budget
+    (`protocol.frame_size`), over the whole clip or the question's span.
+
+    Two departures, both where lmms-eval's own path would stop: Qwen3-VL's path always asks for 32 frames and
+    fails on a shorter clip, so such a clip gives all its frames, an even number, as Qwen2.5-VL's path does; and
+    a clip too short for any Qwen path (one frame) is an error row, not a crashed run."""
+    def most(count: int) -> int:
+        return min(frames, max(2, count // 2 * 2)) if family == "qwen3_vl" else frames
+
+    def pick(count: int, fps: float) -> list[int]:
+        try:
+            return frame_indices(family, count, most(count), fps=fps)
+        except SaviError as e:
+            raise VideoError(str(e)) from None
+
+    def size(height: int, width: int, count: int, fps: float) -> tuple[int, int]:
+        try:
+            return frame_size(family, height, width, decoded_frame_count(family, count, most(count), fps=fps))
+        except SaviError as e:
+            raise VideoError(str(e)) from None
+
+    return Sampling(pick, size)
+
+
+def frames_used(cfg: EvalConfig, family: str | None) -> str:
+    """Which frames the model saw, for the summary."""
+    if family is None:
+        return f"{cfg.frames} at uniform segment midpoints, longest side {cfg.max_side} px"
+    return f"lmms-eval's {family} path: up to {cfg.frames} frames at its pixel budget"
+
+
+def _decoded_batches(batches: list[Sequence[EvalItem]], cfg: EvalConfig,
+                     sampling: Sampling | None) -> Iterator[tuple[Sequence[EvalItem], dict[str, Video | str]]]:
     """The batches with their videos decoded, the next batch decoding in a thread while the model runs (decord
     releases the GIL). A video that cannot be decoded maps to its error message."""
     def decode(batch: Sequence[EvalItem]) -> dict[str, Video | str]:
@@ -194,7 +300,7 @@ def _decoded_batches(batches: list[Sequence[EvalItem]],
             key = _video_key(item)
             if key not in videos:
                 try:
-                    videos[key] = decode_item(item, cfg)
+                    videos[key] = decode_item(item, cfg, sampling)
                 except VideoError as e:
                     videos[key] = str(e)
         return videos
@@ -211,23 +317,32 @@ def _video_key(item: EvalItem) -> str:
     return f"{item.video}|{item.start_s}|{item.end_s}"
 
 
-def decode_item(item: EvalItem, cfg: EvalConfig) -> Video:
-    """The frames of a benchmark item as eval shows them to the model (also what a world model trains on)."""
+def decode_item(item: EvalItem, cfg: EvalConfig, sampling: Sampling | None = None) -> Video:
+    """The frames of a benchmark item as eval shows them to the model (also what a world model trains on):
+    uniform segment midpoints at `cfg.max_side`, or as `sampling` picks and sizes them. A folder of frames
+    (MVBench's episodic reasoning) is always sampled uniformly: lmms-eval has no frame-folder path."""
     if item.frame_fps is not None:
         decoded = read_frame_folder(item.video, frames=cfg.frames, max_side=cfg.max_side, folder_fps=item.frame_fps,
                                     start_s=item.start_s, end_s=item.end_s)
     else:
         decoded = read_video(item.video, frames=cfg.frames, max_side=cfg.max_side, start_s=item.start_s,
-                             end_s=item.end_s)
+                             end_s=item.end_s, sampling=sampling)
     return Video.of(np.stack(decoded.frames), decoded.num_frames, decoded.fps, decoded.indices)
 
 
+def _decoding(bench: Benchmark, cfg: EvalConfig, family: str, repetition_penalty: float) -> Decoding:
+    """Greedy, as lmms-eval decodes, for the benchmark's reply length on the family's path unless
+    --max-new-tokens says otherwise, with the checkpoint's own repetition penalty."""
+    return Decoding(max_new_tokens=cfg.max_new_tokens or reply_tokens(bench.name, family),
+                    repetition_penalty=repetition_penalty)
+
+
 def _answer(policy: Policy, batch: Sequence[EvalItem], videos: dict[str, Video | str], cfg: EvalConfig,
-            table: str) -> list[EvalResult]:
+            bench: Benchmark, table: str, family: str | None, penalty: float) -> list[EvalResult]:
     """One row per item: scored or generated together where the video decoded, an error row where it did not."""
     ok = [i for i in batch if isinstance(videos[_video_key(i)], Video)]
-    answers: dict[str, tuple[int | None, str | None, str, list[float]]] = {}
-    if ok and cfg.mode == "likelihood":
+    answers: dict[str, tuple[Reading, Reading, str, list[float]]] = {}
+    if ok and cfg.protocol == "likelihood":
         # Benchmarks whose options are whole replies score them whole; the others score each option's label.
         whole = [i for i in ok if i.replies]
         by_label = [i for i in ok if not i.replies]
@@ -242,48 +357,86 @@ def _answer(policy: Policy, batch: Sequence[EvalItem], videos: dict[str, Video |
             scores.update(zip([i.question_id for i in by_label], scored))
         for item in ok:
             option_scores = scores[item.question_id]
-            answers[item.question_id] = (int(np.argmax(option_scores)), "likelihood", "", option_scores)
+            best = Reading(int(np.argmax(option_scores)), "likelihood", None)
+            answers[item.question_id] = (best, best, "", option_scores)
     elif ok:
-        decoding = Decoding(max_new_tokens=cfg.max_new_tokens)
-        replies = policy.generate([videos[_video_key(i)] for i in ok], [i.prompt for i in ok],
-                                  keys=[i.question_id for i in ok], decoding=decoding)
+        replies = policy.generate([videos[_video_key(i)] for i in ok], [i.family_prompts.get(family, i.prompt)
+                                                                        for i in ok],
+                                  keys=[i.question_id for i in ok], decoding=_decoding(bench, cfg, family, penalty))
         for item, reply in zip(ok, replies):
-            prediction, how = parse_choice(reply.text, item.options, item.yes_no)
-            answers[item.question_id] = (prediction, how, reply.text, [])
+            answers[item.question_id] = (*readings(bench.name, item, reply.text), reply.text, [])
 
     rows = []
     for item in batch:
         video = videos[_video_key(item)]
-        prediction, how, response, option_scores = answers.get(item.question_id, (None, None, "", []))
-        correct = None if item.answer is None or isinstance(video, str) else prediction == item.answer
+        unread = Reading(None, None, None)
+        reading, strict, response, option_scores = answers.get(item.question_id, (unread, unread, "", []))
         rows.append(EvalResult(
             question_id=item.question_id, benchmark=table, category=item.category,
             meta=dict(item.meta), video=item.video_name, question=item.question, options=list(item.options),
-            answer=item.answer, mode=cfg.mode, prediction=prediction, correct=correct, parsed_as=how,
-            response=response, option_scores=[round(s, 5) for s in option_scores],
+            answer=item.answer, mode=cfg.protocol, response=response,
+            option_scores=[round(s, 5) for s in option_scores],
             num_frames=0 if isinstance(video, str) else len(set(video.indices)),
-            error=video if isinstance(video, str) else None, model=policy.name))
+            error=video if isinstance(video, str) else None, model=policy.name,
+            **_scored(item, reading, strict, decoded=not isinstance(video, str))))
     return rows
 
 
+def readings(benchmark: str, item: EvalItem, reply: str) -> tuple[Reading, Reading]:
+    """A reply read by the benchmark's lmms-eval extractor, and by savi's strict parser."""
+    task = item.meta.get("task") if benchmark == "tempcompass" else None
+    return (read_answer(benchmark, reply, item.options, yes_no=item.yes_no, task=task),
+            read_answer(benchmark, reply, item.options, protocol="strict", yes_no=item.yes_no))
+
+
+def _scored(item: EvalItem, reading: Reading, strict: Reading, *, decoded: bool) -> dict[str, Any]:
+    """A row's prediction and correctness under both readings; `score` is its part of the lmms-eval figure,
+    where a reply lmms-eval would answer with a random letter earns that guess's expected value, 1/k."""
+    known = item.answer is not None and decoded
+    correct = reading.index == item.answer if known else None
+    score = None
+    if known:
+        score = 1.0 if correct else (1 / len(item.options) if reading.fallback == RANDOM else 0.0)
+    return {"prediction": reading.index, "parsed_as": reading.rule, "correct": correct,
+            "fallback": reading.fallback if decoded else None, "score": score,
+            "strict_prediction": strict.index, "strict_correct": strict.index == item.answer if known else None}
+
+
 def labels(item: EvalItem) -> list[tuple[str, ...]]:
-    """How each option's answer can begin: its letter, or yes/no in either case."""
+    """How each option's answer can begin: its label as the prompt renders it ("A", MVBench's "(A)"), or yes/no
+    in either case."""
     if item.yes_no:
         return [(o, o.capitalize()) for o in item.options]
-    return [(letter,) for letter in LETTERS[:len(item.options)]]
+    return [(item.label.format(letter),) for letter in LETTERS[:len(item.options)]]
 
 
-def summarize(rows: list[EvalResult], bench: Benchmark, model_round: int, mode: str, model: str,
+# The summary figures a finished table's manifest also records.
+COUNTED = ("questions", "accuracy", "correct", "strict_accuracy", "unmatched", "strict_unparsed", "video_errors",
+           "missing_videos")
+
+
+def summarize(rows: list[EvalResult], bench: Benchmark, model_round: int, protocol: str, model: str,
               missing: int = 0) -> dict[str, Any]:
-    """Accuracy over the questions with a public answer and a decodable video: unparsed replies count as wrong
-    (as lmms-eval counts them), and `accuracy_answered` gives the official scripts' answered-only figure."""
+    """Accuracy over the questions with a public answer and a decodable video, two ways:
+
+    - `accuracy`: the protocol's figure. Under lmms-eval, a reply the task's extractor cannot read counts as
+      wrong, except where lmms-eval would answer it with a random letter: that earns the guess's expected value
+      (1/k), so the figure equals lmms-eval's in expectation without depending on a seed.
+    - `strict_accuracy`: savi's own parser on the same replies; a reply naming no single option is wrong.
+
+    `unmatched` counts the replies the extractor could not read (`guessed` of them credited 1/k, `judge` of them
+    left to TempCompass's GPT judge by lmms-eval); `accuracy_answered` is the official scripts' answered-only
+    figure."""
     scored = [r for r in rows if r.answer is not None and r.error is None]
 
     def accuracy(group: list[EvalResult]) -> dict[str, Any]:
         correct = sum(bool(r.correct) for r in group)
         answered = sum(r.prediction is not None for r in group)
+        strict = sum(bool(r.strict_correct) for r in group)
+        total = sum(_score(r) for r in group)
         return {"questions": len(group), "correct": correct,
-                "accuracy": round(correct / len(group), 4) if group else None,
+                "accuracy": round(total / len(group), 4) if group else None,
+                "strict_accuracy": round(strict / len(group), 4) if group else None,
                 "accuracy_answered": round(correct / answered, 4) if answered else None}
 
     by_category: dict[str, list[EvalResult]] = defaultdict(list)
@@ -293,16 +446,42 @@ def summarize(rows: list[EvalResult], bench: Benchmark, model_round: int, mode: 
         for key, value in r.meta.items():
             by_meta[key][value].append(r)
     return {
-        "benchmark": bench.name, "split": bench.split, "round": model_round, "mode": mode, "model": model,
+        "benchmark": bench.name, "split": bench.split, "round": model_round, "protocol": protocol, "model": model,
         **accuracy(scored),
         "evaluated": len(rows),
-        "unparsed": sum(r.prediction is None for r in scored),
+        "unmatched": sum(r.prediction is None for r in scored),
+        "guessed": sum(r.prediction is None and r.fallback == RANDOM for r in scored),
+        "judge": sum(r.prediction is None and r.fallback == JUDGE for r in scored),
+        "strict_unparsed": sum(r.strict_prediction is None for r in scored),
         "video_errors": sum(r.error is not None for r in rows),
         "missing_videos": missing,
         "hidden_answers": sum(r.answer is None for r in rows),
         "by_category": {c: accuracy(g) for c, g in sorted(by_category.items())},
         "by": {k: {v: accuracy(g) for v, g in sorted(groups.items())} for k, groups in sorted(by_meta.items())},
     }
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The figures of a summary on one line: "lmms-eval accuracy 41.7% (25/60), strict 40.0%; 3 unmatched (2
+    credited 1/k)"."""
+    if summary["accuracy"] is None:
+        return f"({summary['protocol']}) accuracy n/a (answers hidden)"
+    line = (f"{summary['protocol']} accuracy {100 * summary['accuracy']:.1f}% ({summary['correct']}/"
+            f"{summary['questions']})")
+    if summary["protocol"] != "likelihood":
+        line += f", strict {100 * summary['strict_accuracy']:.1f}%"
+    extras = []
+    if summary["unmatched"]:
+        credits = [f"{summary['guessed']} credited 1/k"] if summary["guessed"] else []
+        credits += [f"{summary['judge']} left to a GPT judge by lmms-eval"] if summary["judge"] else []
+        extras.append(f"{summary['unmatched']} unmatched" + (f" ({', '.join(credits)})" if credits else ""))
+    extras += [f"{summary[k]} {k.replace('_', ' ')}" for k in ("video_errors", "missing_videos") if summary[k]]
+    return line + (f"; {', '.join(extras)}" if extras else "")
+
+
+def _score(row: EvalResult) -> float:
+    # Tables written before `score` existed hold only `correct`.
+    return row.score if row.score is not None else float(bool(row.correct))
 
 
 def _write_submission(table: Path, bench: Benchmark, rows: list[EvalResult]) -> Path | None:
@@ -327,7 +506,7 @@ def summaries(run: Run) -> list[dict[str, Any]]:
     """Every finished evaluation of a run, one summary per benchmark table and round."""
     found = []
     for art in run.artifacts("evals"):
-        summary_path = art.path.with_name(f"{art.name}.summary.json")
+        summary_path = _summary_path(art)
         if art.complete and summary_path.is_file():
             found.append({"table": art.name, **json.loads(summary_path.read_text())})
     return sorted(found, key=lambda s: (s["table"], s["round"]))

@@ -3,8 +3,10 @@ is, and which changes are more than chance, as a table and a chart.
 
 One row per benchmark and round. Round 0 is the base model, so `vs round 0` is what the run's self-alignment has
 bought by that round, and `vs previous` what the round itself added. Accuracies come from the summaries that
-`savi eval` writes beside each table, with a 95% Wilson interval. A change is measured on the questions both
-rounds answered, paired by question id, and carries the exact McNemar p-value of those pairs; at p >= 0.05 it is
+`savi eval` writes beside each table, with a 95% Wilson interval; `strict` is the same replies read by savi's own
+parser (blank under likelihood, where nothing is parsed). A change is measured on the questions both rounds
+answered, paired by question id, on the options the protocol read (a reply lmms-eval would answer at random
+counts as wrong there), and carries the exact McNemar p-value of those pairs; at p >= 0.05 it is
 labelled `noise`: a change that size happens by chance when the two models are equally good. `chance` is what
 guessing scores: the mean over the questions of 1 / (number of options).
 """
@@ -23,7 +25,8 @@ from stages.eval import summaries
 
 SIGNIFICANCE = 0.05  # a change with a McNemar p-value at or above this is within the noise
 
-COLUMNS = ["benchmark", "mode", "round", "questions", "accuracy", "95% CI", "chance", "vs round 0", "vs previous"]
+COLUMNS = ["benchmark", "protocol", "round", "questions", "accuracy", "95% CI", "strict", "chance", "vs round 0",
+           "vs previous"]
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,18 @@ def build(run: Run) -> Report:
             accuracy[table][r] = s["accuracy"]
             vs_base = vs_previous = None
             if s["accuracy"] is not None:
-                interval[table][r] = wilson_interval(s["correct"], s["questions"])
+                # Around the protocol's accuracy, which credits lmms-eval's random guesses with 1/k each.
+                interval[table][r] = wilson_interval(s["accuracy"] * s["questions"], s["questions"])
                 if earlier and earlier[0] == 0 and r != 0:
                     vs_base = _change(scored[0], scored[r])
                 if earlier:
                     vs_previous = _change(scored[earlier[-1]], scored[r])
                 earlier.append(r)
-            rows.append([table, s["mode"], r, s["questions"], _percent(s["accuracy"]),
-                         _interval_text(interval[table].get(r)), _percent(chance[table]), vs_base, vs_previous])
+            protocol = s.get("protocol", s.get("mode"))  # summaries written before protocols say "mode"
+            strict = None if protocol == "likelihood" else _percent(s.get("strict_accuracy"))
+            rows.append([table, protocol, r, s["questions"], _percent(s["accuracy"]),
+                         _interval_text(interval[table].get(r)), strict, _percent(chance[table]), vs_base,
+                         vs_previous])
     return Report(rounds, list(COLUMNS), rows, accuracy, interval, chance)
 
 

@@ -191,7 +191,7 @@ def run_round(run: Run, round: int, cfg: RoundConfig, *, redo: str | None = None
         now = outcomes[round]
         evals.append({"table": now.table, "accuracy": now.summary["accuracy"],
                       "base": outcomes[0].summary["accuracy"], "previous": outcomes[round - 1].summary["accuracy"],
-                      "questions": now.summary["questions"], "unparsed": now.summary["unparsed"]})
+                      "questions": now.summary["questions"], "line": eval_stage.summary_line(now.summary)})
         done[f"eval {now.table}"] = now.result
     return RoundSummary(round, config_path, done, evals)
 
@@ -221,12 +221,8 @@ def describe(summary: RoundSummary) -> list[str]:
         versus = f"{_delta(e['accuracy'], e['base'])} vs base"
         if summary.round > 1:
             versus += f", {_delta(e['accuracy'], e['previous'])} vs round {summary.round - 1}"
-        lines.append(f"  eval      {e['table']}: {_pct(e['accuracy'])} ({e['questions']} questions); {versus}")
+        lines.append(f"  eval      {e['table']}: {e['line']}; {versus}")
     return lines
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _delta(now: float | None, then: float | None) -> str:

@@ -222,9 +222,9 @@ def cut_json(data: Path) -> None:
 
 
 def drop_nextqa_answer(data: Path) -> None:
-    lines = [line.split(",") for line in (data / "val.csv").read_text().splitlines()]
+    lines = [line.split(",") for line in (data / "test.csv").read_text().splitlines()]
     column = lines[0].index("answer")
-    (data / "val.csv").write_text("".join(",".join(f[:column] + f[column + 1:]) + "\n" for f in lines))
+    (data / "test.csv").write_text("".join(",".join(f[:column] + f[column + 1:]) + "\n" for f in lines))
 
 
 def add_trailing_commas(data: Path) -> None:
@@ -241,7 +241,7 @@ BAD_FILES = {
                                  r"egoschema/questions\.json: invalid JSON at line 1, column \d+: .+; the file is "
                                  r"damaged or cut short: download it again"),
     "nextqa-missing-column": ("nextqa", "flat", drop_nextqa_answer,
-                              r"nextqa/val\.csv: the header has no answer column\(s\); found video, frame_count, "
+                              r"nextqa/test\.csv: the header has no answer column\(s\); found video, frame_count, "
                               r"width, height, question, qid, type, a0, a1, a2, a3, a4"),
     "videomme-trailing-commas": ("videomme", "template", add_trailing_commas,
                                  r"Video-MME/output_test_template\.json: invalid JSON: trailing comma at line 19, "

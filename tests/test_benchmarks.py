@@ -84,7 +84,7 @@ def test_real_egoschema_subset_needs_the_full_questions_file():
 
 @needs_real
 def test_real_nextqa_splits_types_and_answers():
-    val = read_benchmark("nextqa", REAL / "nextqa")
+    val = read_benchmark("nextqa", REAL / "nextqa", "val")
     assert val.split == "val" and len(val.items) == 4996
     types = collections.Counter(item.meta["type"] for item in val.items)
     assert types == {"CW": 1924, "TN": 895, "CH": 683, "TC": 663, "DO": 305, "DL": 295, "DC": 177, "TP": 54}
@@ -100,8 +100,8 @@ def test_real_nextqa_splits_types_and_answers():
     assert first.prompt == ("how do the two man play the instrument\nA. roll the handle\nB. tap their feet\n"
                             "C. strum the string\nD. hit with sticks\nE. pat with hand")
 
-    test = read_benchmark("nextqa", REAL / "nextqa", "test")
-    assert len(test.items) == 8564 and test.answers_public
+    test = read_benchmark("nextqa", REAL / "nextqa")   # the multiple-choice test split, as lmms-eval reads it
+    assert test.split == "test" and len(test.items) == 8564 and test.answers_public
     assert all(0 <= item.answer <= 4 for item in test.items)
 
 
@@ -117,7 +117,7 @@ def test_real_nextqa_finds_videos_flat_nested_and_directly(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
     assert "/" in video_map[videos[0]]   # really nested, e.g. 0101/2909445186
-    bench = read_benchmark("nextqa", REAL / "nextqa", videos=tmp_path)
+    bench = read_benchmark("nextqa", REAL / "nextqa", "val", videos=tmp_path)
     found = {item.video_name: item.video for item in bench.items if item.video is not None}
     assert found == {videos[0]: nested, videos[1]: flat, videos[2]: direct}
 
@@ -338,6 +338,7 @@ def test_mvbench_main_layout_bounds_and_frame_folders(fixture):
         else:
             assert item.start_s is None and item.end_s is None
         assert item.frame_fps == (3.0 if item.category == "episodic_reasoning" else None)
+        assert item.meta == {"layout": "main"}   # the summary's `by` counts the questions per layout
     episodic = [item for item in bench.items if item.category == "episodic_reasoning"]
     assert all(item.video.is_dir() for item in episodic)
     assert sorted(p.name for p in episodic[0].video.iterdir())[:2] == ["00001.jpg", "00002.jpg"]
@@ -360,6 +361,7 @@ def test_mvbench_video_revision_layout(fixture):
         assert item.video.is_file() and item.video.is_relative_to(data / spec.revision)
         # The revision's clips are pre-cut segments: applying the annotation's bounds would cut twice.
         assert item.start_s is None and item.frame_fps is None
+        assert item.meta == {"layout": "video revision"}
     by_task = {item.category: item for item in bench.items}
     assert by_task["episodic_reasoning"].video.name == by_task["episodic_reasoning"].video_name + ".mp4"
     assert by_task["action_antonym"].video.suffix == ".mp4" and by_task["action_antonym"].video_name.endswith(".webm")
@@ -393,7 +395,7 @@ def test_nextqa_layouts(fixture, layout):
     video_map = json.loads((data / "map_vid_vidorID.json").read_text())
     with open(data / "val.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    bench = read_benchmark("nextqa", data)
+    bench = read_benchmark("nextqa", data, "val")
     assert [item.question_id for item in bench.items] == [f"{r['video']}_{r['qid']}" for r in rows]
     assert [item.answer for item in bench.items] == [int(r["answer"]) for r in rows]
     groups = {"C": "causal", "T": "temporal", "D": "descriptive"}
@@ -408,10 +410,11 @@ def test_nextqa_layouts(fixture, layout):
 
 def test_nextqa_hf_mirror_has_only_test(fixture):
     data = fixture("nextqa", "hf")
-    bench = read_benchmark("nextqa", data, "test")
-    assert len(bench.items) == 6 and all(item.video.parent == data / "NExTVideo" for item in bench.items)
+    bench = read_benchmark("nextqa", data)
+    assert bench.split == "test" and len(bench.items) == 6
+    assert all(item.video.parent == data / "NExTVideo" for item in bench.items)
     with pytest.raises(SaviError, match=r"found no val\.csv .*github\.com/doc-doc/NExT-QA"):
-        read_benchmark("nextqa", data)
+        read_benchmark("nextqa", data, "val")
 
 
 def test_perceptiontest_valid_test_and_mirrors(fixture):
@@ -574,7 +577,7 @@ def test_answers_out_of_range(tmp_path):
     lines[2] = ",".join(cells)
     (data / "val.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(SaviError, match=r"val\.csv: row 3: answer 7 is out of range for 5 options"):
-        read_benchmark("nextqa", data)
+        read_benchmark("nextqa", data, "val")
 
     data = write_benchmark("longvideobench", tmp_path, videos=False)
     records = json.loads((data / "lvb_val.json").read_text())
@@ -604,7 +607,7 @@ def test_bad_videomme_answer_and_csv_header(tmp_path):
     text = (data / "val.csv").read_text()
     (data / "val.csv").write_text(text.replace(",type,", ",kind,", 1))
     with pytest.raises(SaviError, match=r"val\.csv: the header has no type column"):
-        read_benchmark("nextqa", data)
+        read_benchmark("nextqa", data, "val")
 
 
 def test_a_file_for_the_wrong_split_is_refused(fixture):

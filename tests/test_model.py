@@ -227,9 +227,26 @@ def test_score_labels_is_the_log_probability_of_each_labels_first_token(tiny_mod
     assert all(s < 0 for row in single for s in row)
 
 
+def test_rendered_labels_are_scored_where_they_differ_after_the_tokens_they_share(tiny_model, sampled_run):
+    policy = Policy.load(ModelConfig(id=str(tiny_model()), batch_size=1))
+    tokenizer = policy.processor.tokenizer
+    rendered = [("(A)",), ("(B)",), ("(C)",)]
+    spelled = [tokenizer.encode(label, add_special_tokens=False) for (label,) in rendered]
+    # Qwen's pre-tokenizer splits punctuation from letters: "(", "A", ")".
+    shared = 1
+    start = tokenizer.decode(spelled[0][:shared])
+    assert start == "(" and len({ids[shared] for ids in spelled}) == 3
+    scores = policy.score_labels(videos_of(sampled_run)[:1], PROMPTS[:1], [rendered])[0]
+    # The same numbers from a plain forward pass over the prompt followed by the shared start of the labels.
+    inputs = policy._inputs(videos_of(sampled_run)[:1], PROMPTS[:1], [start])
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(policy.model(**inputs).logits[0, -1].float(), dim=-1)
+    assert scores == pytest.approx([logprobs[ids[shared]].item() for ids in spelled], abs=1e-4)
+
+
 def test_labels_that_share_a_first_token_are_refused(tiny_model, sampled_run):
     policy = Policy.load(ModelConfig(id=str(tiny_model())))
-    with pytest.raises(SaviError, match="share first tokens.*--mode generate"):
+    with pytest.raises(SaviError, match="share first tokens.*--protocol lmms-eval"):
         policy.score_labels(videos_of(sampled_run)[:1], PROMPTS[:1], [[("A",), ("A",)]])
 
 

@@ -153,7 +153,7 @@ def test_an_earlier_model_in_the_folder_is_replaced_whole(world, tmp_path):
 @pytest.mark.slow
 def test_the_recorded_val_accuracy_is_what_savi_eval_world_split_val_computes(built, world, workspace):
     args = ["eval", "world", "--data", str(world), "--split", "val", "--model", str(built), "--run", "x",
-            "--frames", str(FRAMES)]
+            "--frames", str(FRAMES), "--protocol", "likelihood"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     summary = json.loads(Path(result.stdout.strip()).with_name("world-val.summary.json").read_text())

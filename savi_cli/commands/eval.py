@@ -26,6 +26,9 @@ def eval_command(
                                                    "[default: the benchmark's usual one]")] = None,
     videos: Annotated[Path | None, typer.Option(help="Folder of the videos, if not where the benchmark's layout "
                                                      "puts them under --data.")] = None,
+    rescore: Annotated[bool, typer.Option("--rescore", help="Read the stored replies of the finished eval again "
+                                                           "with the current extractors and parser, without "
+                                                           "loading the model.")] = False,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
     *,
@@ -37,6 +40,9 @@ def eval_command(
     BENCH.summary.json, and for hidden-answer splits the leaderboard's submission file. Rerunning resumes.
     Options not given come from the run's savi.toml ([eval] and [model]). Compare rounds with `savi report`.
     Prints the table's path.
+
+    --protocol lmms-eval (the default) generates replies and reads them as lmms-eval 0.7.3 does, so the accuracy
+    can stand beside published figures; the strict accuracy of the same replies is printed beside it.
 
     Example:
 
@@ -51,15 +57,14 @@ def eval_command(
     source = eval_stage.BenchmarkSource(benchmark, data, split, videos)
     cfg = resolve(the_run, EvalConfig, settings[EvalConfig])
     with the_run.lock():
-        outcome = eval_stage.run(the_run, round, source, cfg, resolve_model(the_run, settings[ModelConfig]),
-                                 force=force,
-                                 progress=lambda total: progress_bar(total, f"eval {benchmark}", "question"))
-    s = outcome.summary
-    accuracy = "n/a (answers hidden)" if s["accuracy"] is None else \
-        f"{100 * s['accuracy']:.1f}% ({s['correct']}/{s['questions']})"
-    extras = [f"{s[k]} {k.replace('_', ' ')}" for k in ("unparsed", "video_errors", "missing_videos") if s[k]]
-    typer.echo(f"{outcome.table} round {round} ({s['mode']}): accuracy {accuracy}"
-               + (f"; {', '.join(extras)}" if extras else "") + f"; summary {outcome.summary_path}", err=True)
+        if rescore:
+            outcome = eval_stage.rescore(the_run, round, source)
+        else:
+            outcome = eval_stage.run(the_run, round, source, cfg, resolve_model(the_run, settings[ModelConfig]),
+                                     force=force,
+                                     progress=lambda total: progress_bar(total, f"eval {benchmark}", "question"))
+    typer.echo(f"{outcome.table} round {round}: {eval_stage.summary_line(outcome.summary)}; summary "
+               f"{outcome.summary_path}", err=True)
     if outcome.submission_path:
         typer.echo(f"submission file for the leaderboard: {outcome.submission_path}", err=True)
     typer.echo(str(outcome.result.path))

@@ -11,7 +11,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,11 @@ class EvalItem:
     replies: tuple[str, ...] | None = None  # a full reply per option, scored whole after `prompt` in likelihood
                                            # mode (lmms-eval's log-likelihood multiple choice); None: the
                                            # option labels are scored as the reply's first token
+    family_prompts: dict[str, str] = field(default_factory=dict)  # lmms-eval's prompt for a model family
+                              # where it differs from `prompt` (Video-MME's for Qwen3-VL)
+    label: str = "{}"         # how the prompt labels an option, from its letter: "{}" where the options read
+                              # "A. text" and the post-prompt asks for the letter; MVBench's "({})" ("(A) text").
+                              # Likelihood scores each option's label so rendered.
 
 
 @dataclass

@@ -104,6 +104,7 @@ def _mvbench_item(task: str, index: int, rec: Any, path: Path, finder: _VideoFin
             raise SaviError(f"{path}: {where}: start/end are not numbers: {rec['start']!r}, {rec['end']!r}") from None
     video = finder.find([f"video/{spec.main}/{video_name}", video_name], folder=spec.frames)
     frame_fps = MVBENCH_FRAME_FPS if video is not None and spec.frames else None
+    layout = "main" if video is not None else "missing"
     if video is None:
         revision = [f"{spec.revision}/{video_name}"]
         if spec.revision.split("/")[0] in ("clevrer", "star"):
@@ -116,9 +117,11 @@ def _mvbench_item(task: str, index: int, rec: Any, path: Path, finder: _VideoFin
             # The `video` revision ships these clips already cut to their segment (…_segment folders; lmms-eval
             # applies no bounds), so the annotation's start/end would cut a second time.
             start = end = None
+            layout = "video revision"
     options = "".join(f"({LETTERS[k]}) {c}\n" for k, c in enumerate(candidates))
     return EvalItem(
         question_id=f"{task}_{index}", video_name=video_name, video=video, question=question,
-        options=tuple(candidates), answer=candidates.index(answer_text), category=task, meta={},
+        # The layout each video was found in (the summary counts them): the `video` revision is lmms-eval's.
+        options=tuple(candidates), answer=candidates.index(answer_text), category=task, meta={"layout": layout},
         prompt=f"Question:{question}\nOption:\n{options}Only give the best option.\n",
-        start_s=start, end_s=end, frame_fps=frame_fps)
+        start_s=start, end_s=end, frame_fps=frame_fps, label="({})")

@@ -25,7 +25,7 @@ from stages.benchmarks.common import (
 from stages.core.errors import SaviError
 
 INFO = BenchmarkInfo(
-    "NExT-QA", ("val", "test"), "val", (),
+    "NExT-QA", ("test", "val"), "test", (),
     "https://github.com/doc-doc/NExT-QA (dataset/nextqa/{val,test}.csv, map_vid_vidorID.json) or the Hugging "
     "Face dataset lmms-lab/NExTQA (MC/)")
 

@@ -69,7 +69,10 @@ def read(data: Path, split: str, finder: _VideoFinder) -> Benchmark:
             question_id=str(row["question_id"]), video_name=video_name,
             video=finder.find([f"data/{video_name}", f"videos/{video_name}", video_name]), question=question,
             options=tuple(options), answer=LETTERS.index(answer), category=str(row["task_type"]), meta=meta,
-            prompt=(f"{_VIDEOMME_PREAMBLE}\n{question}\n{_lettered(options)}\n\n{_ANSWER_WITH_LETTER}")))
+            prompt=(f"{_VIDEOMME_PREAMBLE}\n{question}\n{_lettered(options)}\n\n{_ANSWER_WITH_LETTER}"),
+            # lmms-eval's videomme.yaml gives Qwen3-VL a format of its own (after VLMEvalKit's).
+            family_prompts={"qwen3_vl": f"Question: {question}\nOptions:\n{_lettered(options)}\n"
+                                        "Answer with the option letter only."}))
     return Benchmark("videomme", split, items, paths, answers_public=True)
 
 

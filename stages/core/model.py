@@ -199,9 +199,11 @@ class Policy:
                      labels: Sequence[Sequence[Sequence[str]]]) -> list[list[float]]:
         """For each (video, prompt), the log-probability that the reply starts with each option's label.
 
-        `labels[i][k]` holds the spellings of option k of prompt i, e.g. ("A",) or ("yes", "Yes"); an option
-        scores the log of the summed probability of its spellings' first tokens. One forward pass per prompt,
-        and no text to parse: the answer is always one of the options.
+        `labels[i][k]` holds the spellings of option k of prompt i, e.g. ("A",), ("(A)",) or ("yes", "Yes"); an
+        option scores the log of the summed probability of its spellings' first distinct tokens. Tokens that
+        every spelling begins with (the "(" of "(A)" in most tokenizers) are given as the reply's start, so the
+        label is scored where the options differ, as rendered, not as a bare letter. One forward pass per
+        prompt, and no text to parse: the answer is always one of the options.
         """
         token_ids = [self._label_tokens(options) for options in labels]
         return self._in_batches(self._score_batch, videos, prompts, token_ids)
@@ -232,9 +234,10 @@ class Policy:
             log.warning(f"out of GPU memory: batch size lowered to {self.batch_size}")
         return results
 
-    def _inputs(self, videos: Sequence[Video], prompts: Sequence[str]) -> Any:
+    def _inputs(self, videos: Sequence[Video], prompts: Sequence[str], reply_starts: Sequence[str] = ()) -> Any:
         texts = [self.processor.apply_chat_template(chat(prompt), tokenize=False, add_generation_prompt=True)
                  for prompt in prompts]
+        texts = [text + start for text, start in zip(texts, reply_starts)] + texts[len(reply_starts):]
         return processor_inputs(self.processor, videos, texts).to(self.model.device)
 
     def _generate_batch(self, videos, prompts, keys, decoding: Decoding) -> list[Generation]:
@@ -263,16 +266,16 @@ class Policy:
             results.append(Generation(text=text, num_tokens=len(kept), finished=stop_at is not None))
         return results
 
-    def _score_batch(self, videos, prompts, token_ids) -> list[list[float]]:
+    def _score_batch(self, videos, prompts, label_tokens) -> list[list[float]]:
         import torch
 
-        inputs = self._inputs(videos, prompts)
+        inputs = self._inputs(videos, prompts, [start for start, _ in label_tokens])
         with torch.inference_mode():
             # Left padding puts every prompt's last token at the end; only its logits are needed.
             logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
         logprobs = torch.log_softmax(logits, dim=-1)
         return [[torch.logsumexp(row[list(ids)], dim=0).item() for ids in options]
-                for row, options in zip(logprobs, token_ids)]
+                for row, (_, options) in zip(logprobs, label_tokens)]
 
     def _score_replies_batch(self, videos, prompts, replies) -> list[list[float]]:
         import torch
@@ -296,15 +299,22 @@ class Policy:
             at += len(options)
         return scores
 
-    def _label_tokens(self, options: Sequence[Sequence[str]]) -> list[set[int]]:
+    def _label_tokens(self, options: Sequence[Sequence[str]]) -> tuple[str, list[set[int]]]:
+        """The text every label begins with, and each option's first tokens after it."""
         tokenizer = self.processor.tokenizer
-        firsts = [{tokenizer.encode(spelling, add_special_tokens=False)[0] for spelling in spellings}
-                  for spellings in options]
+        spelled = [[tokenizer.encode(spelling, add_special_tokens=False) for spelling in spellings]
+                   for spellings in options]
+        every = [ids for spellings in spelled for ids in spellings]
+        shared = 0
+        while all(len(ids) > shared + 1 and ids[shared] == every[0][shared] for ids in every):
+            shared += 1
+        firsts = [{ids[shared] for ids in spellings} for spellings in spelled]
         for k, ids in enumerate(firsts):
             if any(ids & other for j, other in enumerate(firsts) if j != k):
                 raise SaviError(f"the labels {[s for o in options for s in o]} share first tokens in this model's "
-                                "tokenizer, so likelihood scoring cannot tell them apart; use --mode generate")
-        return firsts
+                                "tokenizer, so likelihood scoring cannot tell them apart; use --protocol "
+                                "lmms-eval")
+        return tokenizer.decode(every[0][:shared]), firsts
 
 
 class SeededSampler:

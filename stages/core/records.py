@@ -177,8 +177,10 @@ class TrainStep:
 class EvalResult:
     """The model's answer to one benchmark question. Key: `question_id` (the benchmark's own id).
 
-    `prediction` is an index into `options`; None when the output could not be read as an option (generate mode
-    never guesses) or the video could not be decoded (`error`). `correct` is None where the answer key is hidden.
+    `prediction` is an index into `options`: the option the protocol's reading of the reply picks (lmms-eval's
+    answer extractor for the benchmark), or the best-scoring option under likelihood. It is None when the reply
+    names no option (savi never guesses) or the video could not be decoded (`error`). `correct` is None where the
+    answer key is hidden. The strict reading of the same reply (savi's own parser) sits beside it.
     """
 
     question_id: str
@@ -189,15 +191,22 @@ class EvalResult:
     question: str
     options: list[str]
     answer: int | None
-    mode: str  # "likelihood" or "generate"
+    mode: str  # the protocol: "lmms-eval" or "likelihood" ("generate" in tables written before protocols)
     prediction: int | None
     correct: bool | None
-    parsed_as: str | None  # likelihood: "likelihood"; generate: "letter", "text" or "yes_no"; None: unparsed
-    response: str  # the generated text (generate mode), else ""
-    option_scores: list[float]  # likelihood mode: log-probability of each option's label
+    parsed_as: str | None  # the rule that read the reply ("likelihood" under likelihood); None: unmatched
+    response: str  # the generated reply (lmms-eval), else ""
+    option_scores: list[float]  # likelihood: log-probability of each option's label
     num_frames: int
     error: str | None
     model: str
+    # What lmms-eval does with a reply its extractor cannot read: "random" (a seeded random letter; savi credits
+    # its expected value, 1/k), "judge" (TempCompass's GPT judge; counted unmatched) or "wrong". None if read.
+    fallback: str | None = None
+    # This question's part of the lmms-eval figure: 1 right, 0 wrong, 1/k for a reply lmms-eval answers at random.
+    score: float | None = None
+    strict_prediction: int | None = None  # savi's parser on the same reply: None when it names no single option
+    strict_correct: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ LOSSES = ("sigmoid", "clip-weighted", "rpo")
 TUNES = ("lora", "full")
 # The families `savi tiny-model` builds (the folders of stages/offline/checkpoints/), the default first.
 TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava_onevision")
-EVAL_MODES = ("likelihood", "generate")
+EVAL_PROTOCOLS = ("lmms-eval", "likelihood")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 # transformers' learning-rate schedulers (`SchedulerType`), named here so that a typo fails before any work.
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -196,15 +196,21 @@ class TrainConfig:
 class EvalConfig:
     SECTION: ClassVar[str] = "eval"
 
-    mode: str = setting("likelihood", "likelihood: score each option's label, or its whole reply where the "
-                                      "benchmark gives one (never unparsed). generate: write a reply and parse it.",
-                        choices=EVAL_MODES)
-    frames: int = setting(32, "Frames sampled per question.", min=1)
-    max_side: int = setting(448, "Longest frame side in pixels.", min=32)
+    protocol: str = setting("lmms-eval", "lmms-eval: write a reply greedily to the benchmark's lmms-eval prompt and "
+                                         "read it with the task's answer extractor (lmms-eval 0.7.3), with the "
+                                         "strict accuracy of the same replies beside it. likelihood: score each "
+                                         "option's label, or its whole reply where the benchmark gives one (a fast "
+                                         "diagnostic, never unparsed).", choices=EVAL_PROTOCOLS)
+    frames: int = setting(32, "Frames per question: under lmms-eval the most that the model family's lmms-eval "
+                              "path takes (its rule picks them and sizes them to its pixel budget); under "
+                              "likelihood, uniform segment midpoints.", min=1)
+    max_side: int = setting(448, "Longest frame side in pixels, under --protocol likelihood.", min=32)
     limit: int | None = setting(None, "Evaluate only the first N questions (in the benchmark's order).", min=1)
     allow_missing: bool = setting(False, "Evaluate the questions whose video exists, instead of stopping at missing "
                                          "videos.")
-    max_new_tokens: int = setting(16, "Longest reply in generate mode.", min=1)
+    max_new_tokens: int | None = setting(None, "Longest reply under --protocol lmms-eval. Unset: the benchmark's "
+                                               "lmms-eval length (16: EgoSchema, MVBench, Video-MME; 32: "
+                                               "LongVideoBench; 128: NExT-QA, Perception Test, TempCompass).", min=1)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,20 @@ MIN_SIDE = 32
 
 class VideoError(Exception):
     """A video that cannot be sampled. Its message becomes the `error` of the sample row."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Frames picked and sized by a rule of their own instead of uniform segment midpoints and a longest side (an
+    evaluation protocol's, e.g. lmms-eval's for a model family).
+
+    pick(count, fps): the indices to decode among the `count` frames of the clip (or of its time span), given its
+    average frame rate; repeats are decoded as often as they appear. size(height, width, count, fps): the
+    (height, width) every frame is resized to, given its upright size (a rule's pixel budget per frame can
+    depend on how many frames it takes)."""
+
+    pick: Callable[[int, float], list[int]]
+    size: Callable[[int, int, int, float], tuple[int, int]]
 
 
 @dataclass
@@ -53,9 +67,11 @@ class DecodedVideo:
 
 
 def read_video(path: str | Path, *, frames: int = 32, fps: float | None = None, max_side: int = 448,
-               threads: int = 1, start_s: float | None = None, end_s: float | None = None) -> DecodedVideo:
+               threads: int = 1, start_s: float | None = None, end_s: float | None = None,
+               sampling: Sampling | None = None) -> DecodedVideo:
     """Decode `frames` frames at uniform segment midpoints (or at `fps`, capped at `frames`), upright and resized
-    so the longer side is at most `max_side`. `start_s`/`end_s` restrict uniform sampling to that span of the clip.
+    so the longer side is at most `max_side`; or, with `sampling`, the frames its rule picks at the size it gives.
+    `start_s`/`end_s` restrict sampling to that span of the clip.
     Raises VideoError with a one-line reason for anything unreadable."""
     path = Path(path)
     status = path.stat()
@@ -75,12 +91,12 @@ def read_video(path: str | Path, *, frames: int = 32, fps: float | None = None, 
     # also applies a rotation, so rotated clips are resized afterwards.
     scale = max_side / max(stored_height, stored_width)
     size = {}
-    if turns == 0 and scale < 1:
+    if turns == 0 and scale < 1 and sampling is None:
         size = {"width": max(1, round(stored_width * scale)), "height": max(1, round(stored_height * scale))}
 
     with _utf8_path(path) as readable:
         return _decode(readable, container, codec, turns, first_raw, size, frames, fps, max_side, threads,
-                       (start_s, end_s))
+                       (start_s, end_s), sampling)
 
 
 def read_frame_folder(folder: Path, *, frames: int = 32, max_side: int = 448, folder_fps: float = 3.0,
@@ -106,7 +122,7 @@ def read_frame_folder(folder: Path, *, frames: int = 32, max_side: int = 448, fo
 
 def _decode(path: Path, container: str, codec: str, turns: int, first_raw: np.ndarray, size: dict[str, int],
             frames: int, fps: float | None, max_side: int, threads: int,
-            span: tuple[float | None, float | None]) -> DecodedVideo:
+            span: tuple[float | None, float | None], sampling: Sampling | None = None) -> DecodedVideo:
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)  # its FFmpeg would print to stderr; the row keeps the reason
@@ -123,7 +139,13 @@ def _decode(path: Path, container: str, codec: str, turns: int, first_raw: np.nd
     duration = float(starts_ends[-1, 1])
     if not np.isfinite(duration) or duration <= 0:
         raise VideoError(f"the video has no usable timestamps (duration {duration})")
-    indices, shortfall = _choose_indices(starts, duration, frames, fps, span)
+    if sampling is None:
+        indices, shortfall = _choose_indices(starts, duration, frames, fps, span)
+    else:
+        first, last = _span_frames(starts, span)
+        rate = float(reader.get_avg_fps())
+        indices = [first + k for k in sampling.pick(last - first, rate)]
+        shortfall = None
 
     # decord may or may not have rotated already; compare with PyAV's raw first frame to find out.
     todo_turns = turns
@@ -140,7 +162,10 @@ def _decode(path: Path, container: str, codec: str, turns: int, first_raw: np.nd
             raise VideoError(f"decoding failed at frame {index} of {total}: {_decord_reason(e)}") from None
         if todo_turns:
             frame = np.rot90(frame, todo_turns)
-        decoded.append(_resize(frame, max_side))
+        if sampling is None:
+            decoded.append(_resize(frame, max_side))
+        else:
+            decoded.append(_resize_to(frame, sampling.size(*frame.shape[:2], last - first, rate)))
 
     height, width = first_raw.shape[:2]
     if turns % 2:
@@ -206,13 +231,18 @@ _FFMPEG_HINTS = {
 }
 
 
-def _choose_indices(starts: np.ndarray, duration: float, frames: int, fps: float | None,
-                    span: tuple[float | None, float | None] = (None, None)) -> tuple[list[int], str | None]:
-    # A span (benchmark questions about part of a clip) narrows the frames to those that start inside it.
+def _span_frames(starts: np.ndarray, span: tuple[float | None, float | None]) -> tuple[int, int]:
+    """The first frame and one past the last that start inside the span (benchmark questions about part of a
+    clip); the whole clip without one. Never empty."""
     first = 0 if span[0] is None else int(np.searchsorted(starts, span[0], side="left"))
     last = len(starts) if span[1] is None else int(np.searchsorted(starts, span[1], side="right"))
     first = min(first, len(starts) - 1)
-    last = max(last, first + 1)
+    return first, max(last, first + 1)
+
+
+def _choose_indices(starts: np.ndarray, duration: float, frames: int, fps: float | None,
+                    span: tuple[float | None, float | None] = (None, None)) -> tuple[list[int], str | None]:
+    first, last = _span_frames(starts, span)
     total = last - first
     if fps is None:
         # Segment midpoints in frame-index space: frame k of N is the middle frame of the k-th of N equal segments.
@@ -278,6 +308,16 @@ def _resize(frame: np.ndarray, max_side: int) -> np.ndarray:
 
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize(size, Image.BILINEAR, reducing_gap=2.0))
+
+
+def _resize_to(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The frame at exactly (height, width), bicubic as qwen-vl-utils resizes (PIL's, not torchvision's)."""
+    height, width = size
+    if frame.shape[:2] == (height, width):
+        return np.ascontiguousarray(frame)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize((width, height), Image.BICUBIC))
 
 
 def _decord_reason(error: BaseException) -> str:
