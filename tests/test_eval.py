@@ -12,11 +12,11 @@ from savi_cli.main import app
 from stages import eval as eval_stage
 from stages.benchmarks.choice import parse_choice
 from stages.benchmarks.extract import read_answer
+from stages.benchmarks.protocol import frame_size
 from stages.core.errors import SaviError
 from stages.core.model import ModelConfig
 from stages.core.query import run_query
 from stages.core.store import open_run
-from stages.benchmarks.protocol import frame_size
 from stages.core.video import VideoError, read_frame_folder, read_video
 from stages.offline import videos as synthetic
 from stages.offline.benchmark_files import LAYOUTS, write_benchmark
@@ -201,7 +201,8 @@ def test_video_mme_asks_qwen3_vl_in_the_format_lmms_eval_gives_it(tiny_model, tm
         "Answer with the option's letter from the given choices directly.")
 
 
-def test_the_reply_is_greedy_with_the_shipped_penalty_and_the_tasks_length_unless_told_otherwise(tiny_model, tmp_path, workspace):
+def test_the_reply_is_greedy_with_the_shipped_penalty_and_the_tasks_length_unless_told_otherwise(tiny_model, tmp_path,
+                                                                                                  workspace):
     data = write_benchmark("longvideobench", tmp_path, questions=1)
     run = open_run("t")
     evaluate(run, data, tiny_model, benchmark="longvideobench", limit=1)
