@@ -147,17 +147,22 @@ def test_report_shows_intervals_p_values_and_noise_labels(three_rounds):
     # mvbench round 1 against round 0, on the 6 shared questions m2-m7: 0 lost, m2, m3, m5 gained: +50.0,
     # p = 2 / 2**3 = 0.25: noise. Chance: (6 * 1/4 + 4 * 1/2) / 10 = 35.0 over the 10 questions of both rounds.
     assert result.stdout == (
-        "benchmark  mode        round  questions  accuracy  95% CI        chance  vs round 0                       "
+        "benchmark  protocol    round  questions  accuracy  95% CI        strict  chance  vs round 0     "
+        "                  "
         "vs previous\n"
-        "---------  ----------  -----  ---------  --------  ------------  ------  -------------------------------  "
+        "---------  ----------  -----  ---------  --------  ------------  ------  ------  ---------------"
+        "----------------  "
         "-------------------------------\n"
-        "egoschema  likelihood  0      20         30.0      [14.5, 51.9]  20.0\n"
-        "egoschema  likelihood  1      20         70.0      [48.1, 85.5]  20.0    +40.0 (p=0.021)                  "
+        "egoschema  likelihood  0      20         30.0      [14.5, 51.9]          20.0\n"
+        "egoschema  likelihood  1      20         70.0      [48.1, 85.5]          20.0    +40.0 (p=0.021)"
+        "                  "
         "+40.0 (p=0.021)\n"
-        "egoschema  likelihood  2      20         75.0      [53.1, 88.8]  20.0    +45.0 (p=0.035)                  "
+        "egoschema  likelihood  2      20         75.0      [53.1, 88.8]          20.0    +45.0 (p=0.035)"
+        "                  "
         "+5.0 (p=1, noise)\n"
-        "mvbench    likelihood  0      8          37.5      [13.7, 69.4]  35.0\n"
-        "mvbench    likelihood  1      8          62.5      [30.6, 86.3]  35.0    +50.0 (p=0.25, noise, 6 shared)  "
+        "mvbench    likelihood  0      8          37.5      [13.7, 69.4]          35.0\n"
+        "mvbench    likelihood  1      8          62.5      [30.6, 86.3]          35.0    +50.0 (p=0.25, "
+        "noise, 6 shared)  "
         "+50.0 (p=0.25, noise, 6 shared)\n"
     )
 
@@ -166,17 +171,51 @@ def test_report_as_json_and_csv_carries_the_same_figures(three_rounds):
     as_json = runner.invoke(app, ["report", "--run", "t", "--format", "json"])
     assert as_json.exit_code == 0, as_json.output
     rows = json.loads(as_json.stdout)
-    assert rows[2] == {"benchmark": "egoschema", "mode": "likelihood", "round": 2, "questions": 20,
-                       "accuracy": "75.0", "95% CI": "[53.1, 88.8]", "chance": "20.0",
+    assert rows[2] == {"benchmark": "egoschema", "protocol": "likelihood", "round": 2, "questions": 20,
+                       "accuracy": "75.0", "95% CI": "[53.1, 88.8]", "strict": None, "chance": "20.0",
                        "vs round 0": "+45.0 (p=0.035)", "vs previous": "+5.0 (p=1, noise)"}
     assert rows[0]["vs round 0"] is None and rows[0]["vs previous"] is None  # the base has nothing to compare to
 
     as_csv = runner.invoke(app, ["report", "--run", "t", "--format", "csv"])
     assert as_csv.exit_code == 0, as_csv.output
     lines = as_csv.stdout.splitlines()
-    assert lines[0] == "benchmark,mode,round,questions,accuracy,95% CI,chance,vs round 0,vs previous"
-    assert lines[5] == 'mvbench,likelihood,1,8,62.5,"[30.6, 86.3]",35.0,"+50.0 (p=0.25, noise, 6 shared)",' \
+    assert lines[0] == "benchmark,protocol,round,questions,accuracy,95% CI,strict,chance,vs round 0,vs previous"
+    assert lines[5] == 'mvbench,likelihood,1,8,62.5,"[30.6, 86.3]",,35.0,"+50.0 (p=0.25, noise, 6 shared)",' \
                        '"+50.0 (p=0.25, noise, 6 shared)"'
+
+
+def test_an_lmms_eval_table_shows_its_credited_accuracy_with_the_strict_one_beside_it():
+    # 10 questions of 4 options: 4 replies read right, 2 unread that lmms-eval would answer with a random letter
+    # (1/4 each), 4 read wrong; savi's strict parser reads 3 of the right ones and nothing else.
+    rows = []
+    for k in range(10):
+        right, guessed = k < 4, k in (4, 5)
+        rows.append(EvalResult(
+            question_id=f"q{k}", benchmark="egoschema", category="all", meta={}, video=f"q{k}.mp4",
+            question="What happens?", options=["a", "b", "c", "d"], answer=0, mode="lmms-eval",
+            prediction=None if guessed else (0 if right else 1), correct=right,
+            parsed_as=None if guessed else "X ", response="...", option_scores=[], num_frames=4, error=None,
+            model="tiny", fallback="random" if guessed else None, score=1.0 if right else 0.25 if guessed else 0.0,
+            strict_prediction=0 if k < 3 else None, strict_correct=k < 3))
+    run = open_run("t")
+    art = run.eval_artifact("egoschema", 0)
+    writer = ArtifactWriter(art, params={"benchmark": "egoschema"}, inputs={})
+    for row in rows:
+        writer.add(row)
+    summary = eval_stage.summarize(rows, Benchmark("egoschema", "subset", [], [], True), 0, "lmms-eval", "tiny")
+    write_json(art.path.with_name("egoschema.summary.json"), summary)
+    writer.finish()
+    assert (summary["accuracy"], summary["strict_accuracy"], summary["correct"]) == (0.45, 0.3, 4)
+    assert (summary["unmatched"], summary["guessed"], summary["strict_unparsed"]) == (2, 2, 7)
+    assert eval_stage.summary_line(summary) == ("lmms-eval accuracy 45.0% (4/10), strict 30.0%; 2 unmatched "
+                                                "(2 credited 1/k)")
+
+    result = runner.invoke(app, ["report", "--run", "t", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    low, high = wilson_interval(4.5, 10)
+    assert (row["protocol"], row["accuracy"], row["strict"]) == ("lmms-eval", "45.0", "30.0")
+    assert row["95% CI"] == f"[{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def test_a_round_without_the_base_is_compared_with_the_previous_round_only():
