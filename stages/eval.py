@@ -385,8 +385,8 @@ def _answer(policy: Policy, batch: Sequence[EvalItem], videos: dict[str, Video |
 def readings(benchmark: str, item: EvalItem, reply: str) -> tuple[Reading, Reading]:
     """A reply read by the benchmark's lmms-eval extractor, and by savi's strict parser."""
     task = item.meta.get("task") if benchmark == "tempcompass" else None
-    return (read_answer(benchmark, reply, item.options, yes_no=item.yes_no, task=task),
-            read_answer(benchmark, reply, item.options, protocol="strict", yes_no=item.yes_no))
+    return (read_answer(benchmark, reply, item.options, yes_no=item.yes_no, task=task, labels=item.labels),
+            read_answer(benchmark, reply, item.options, protocol="strict", yes_no=item.yes_no, labels=item.labels))
 
 
 def _scored(item: EvalItem, reading: Reading, strict: Reading, *, decoded: bool) -> dict[str, Any]:
@@ -403,11 +403,11 @@ def _scored(item: EvalItem, reading: Reading, strict: Reading, *, decoded: bool)
 
 
 def labels(item: EvalItem) -> list[tuple[str, ...]]:
-    """How each option's answer can begin: its label as the prompt renders it ("A", MVBench's "(A)"), or yes/no
-    in either case."""
+    """How each option's answer can begin: its label as the prompt renders it ("A", MVBench's "(A)", "Option 1"),
+    or yes/no in either case."""
     if item.yes_no:
         return [(o, o.capitalize()) for o in item.options]
-    return [(item.label.format(letter),) for letter in LETTERS[:len(item.options)]]
+    return [(label,) for label in item.labels or LETTERS[:len(item.options)]]
 
 
 # The summary figures a finished table's manifest also records.

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from savi_cli.main import app
 from stages import eval as eval_stage
+from stages.benchmarks import read_benchmark
 from stages.benchmarks.choice import parse_choice
 from stages.benchmarks.extract import read_answer
 from stages.benchmarks.protocol import frame_size
@@ -160,11 +161,13 @@ def test_each_benchmark_reads_its_replies_with_its_lmms_eval_extractor_and_the_s
     rows = run.eval_artifact(outcome.table, 0).read()
     assert rows and all(r.mode == "lmms-eval" and r.option_scores == [] and r.num_frames == 2 for r in rows)
     assert outcome.summary["frames"] == "lmms-eval's qwen2_5_vl path: up to 2 frames at its pixel budget"
+    items = {item.question_id: item for item in read_benchmark(name, data, split).items}
     for r in rows:
+        item = items[r.question_id]
         task = r.meta.get("task") if name == "tempcompass" else None
-        reading = read_answer(name, r.response, r.options, yes_no=r.options == ["yes", "no"], task=task)
+        reading = read_answer(name, r.response, r.options, yes_no=item.yes_no, task=task, labels=item.labels)
         assert (r.prediction, r.parsed_as, r.fallback) == (reading.index, reading.rule, reading.fallback)
-        assert r.strict_prediction == parse_choice(r.response, r.options, r.options == ["yes", "no"])[0]
+        assert r.strict_prediction == parse_choice(r.response, r.options, item.yes_no, labels=item.labels)[0]
     scored = [r for r in rows if r.answer is not None]
     for r in scored:
         guess = 1 / len(r.options) if r.prediction is None and r.fallback == "random" else 0.0

@@ -163,14 +163,14 @@ def test_tempcompass_yes_no_reads_replies_as_lmms_eval_does(reply, expected):
 
 
 TEMPCOMPASS_CAPTION_MATCHING = [
-    case("A", 0, "letter", id="bare letter"),
-    case("B.", 1, "letter", id="letter and a dot"),
-    case("B. A man is dribbling a basketball.", 1, "option-text", id="an option's whole line"),
+    case("Option 2", 1, "label", id="the file's whole label"),
+    case("2", 1, "label", id="the label's number alone"),
+    case("2.", 1, "label", id="the number and a dot"),
+    case("Option 1: A man is dunking a basketball.", 0, "option-text", id="an option's whole line"),
     case("A man is dribbling a basketball.", 1, "sentence", id="a caption alone"),
-    case("(B) A man is dribbling a basketball.", 1, "sentence", id="a caption after a bracketed letter"),
-    case("C", None, None, JUDGE, id="a letter beyond the 2 options goes to the judge"),
-    case("(A)", None, None, JUDGE, id="letter in parentheses goes to the judge"),
-    case("Caption A", None, None, JUDGE, id="the file's label is not shown by savi's prompt, so not read"),
+    case("(2) A man is dribbling a basketball.", 1, "sentence", id="a caption after a bracketed label"),
+    case("Option 3", None, None, JUDGE, id="a label beyond the 2 options goes to the judge"),
+    case("A", None, None, JUDGE, id="a letter the prompt never showed goes to the judge"),
     case("A man is dribbling", None, None, JUDGE, id="part of a caption goes to the judge"),
     case("", None, None, JUDGE, id="empty"),
 ]
@@ -178,7 +178,16 @@ TEMPCOMPASS_CAPTION_MATCHING = [
 
 @pytest.mark.parametrize("reply,expected", TEMPCOMPASS_CAPTION_MATCHING)
 def test_tempcompass_caption_matching_reads_replies_as_lmms_eval_does(reply, expected):
-    assert read_answer("tempcompass", reply, CAPTIONS, task="caption_matching") == expected
+    assert read_answer("tempcompass", reply, CAPTIONS, task="caption_matching",
+                       labels=("Option 1", "Option 2")) == expected
+
+
+def test_tempcompass_caption_matching_reads_sentence_and_caption_labels_whole_or_short():
+    for labels in (("Sentence A", "Sentence B"), ("Caption A", "Caption B")):
+        for reply in (labels[1], "B", "B.", f"{labels[1]}: {CAPTIONS[1]}"):
+            assert parse_answer("tempcompass", reply, CAPTIONS, task="caption_matching", labels=labels) == 1
+    # Without the file's labels the options read as lettered lines.
+    assert read_answer("tempcompass", "B", CAPTIONS, task="caption_matching") == Reading(1, "label", None)
 
 
 def test_tempcompass_task_defaults_to_multi_choice_or_yes_no_from_the_item():

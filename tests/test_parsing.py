@@ -447,6 +447,15 @@ CHOICE_CASES = {
 }
 
 
+def test_parse_choice_reads_a_leading_label_where_the_prompt_labels_options_otherwise_than_by_letter():
+    captions = ["A man is dunking a basketball.", "A man is dribbling a basketball."]
+    for labels in (["Option 1", "Option 2"], ["Sentence A", "Sentence B"]):
+        assert parse_choice(f"{labels[1]}: {captions[1]}", captions, labels=labels) == (1, "label")
+        assert parse_choice(labels[0].lower(), captions, labels=labels) == (0, "label")
+    assert parse_choice("Option 10", captions, labels=["Option 1", "Option 2"]) == (None, None)
+    assert parse_choice("A man is dribbling a basketball.", captions, labels=["Option 1", "Option 2"]) == (1, "text")
+
+
 @pytest.mark.parametrize("reply", CHOICE_CASES, ids=list(CHOICE_CASES))
 def test_parse_choice_reads_only_what_is_there(reply):
     text, expected = CHOICE_CASES[reply]

@@ -25,13 +25,14 @@ _EXPLICIT_LETTER = re.compile(
 _YES_NO = re.compile(r"^[\s*_\"'(]*(yes|no)\b", re.IGNORECASE)
 
 
-def parse_choice(text: str, options: list[str] | tuple[str, ...],
-                 yes_no: bool = False) -> tuple[int | None, str | None]:
+def parse_choice(text: str, options: list[str] | tuple[str, ...], yes_no: bool = False, *,
+                 labels: list[str] | tuple[str, ...] | None = None) -> tuple[int | None, str | None]:
     """Read which option a generated answer picks: (index into options, how it was read), or (None, None).
 
     Stricter than the reference scorers, which guess a random letter when nothing matches: an answer that
     cannot be read, or that names two different options, is unparsed and reported as such, never guessed.
-    In order: a leading letter ("B", "(B)", "B. text", "The answer is B"); a single letter marked as one
+    In order: for options the prompt labels otherwise than by letter (`labels`: "Option 1", "Sentence A"), a
+    leading label; a leading letter ("B", "(B)", "B. text", "The answer is B"); a single letter marked as one
     anywhere ("(C)", "option C", "C."); the text of exactly one option; for yes/no, a leading yes or no.
     """
     if not isinstance(text, str) or not options:
@@ -40,6 +41,12 @@ def parse_choice(text: str, options: list[str] | tuple[str, ...],
     if yes_no:
         match = _YES_NO.match(stripped)
         return (0 if match.group(1).lower() == "yes" else 1, "yes_no") if match else (None, None)
+    if labels:
+        # Before and after an answer prefix: "Option 2: ..." starts with a label that the prefix would eat.
+        leading_labels = {k for k, label in enumerate(labels) for said in (text.strip(), stripped)
+                          if re.match(rf"[\s*_\[(]*{re.escape(label)}(?!\w)", said, re.IGNORECASE)}
+        if len(leading_labels) == 1:
+            return leading_labels.pop(), "label"
 
     letters = LETTERS[:len(options)]
     leading = _LEADING_LETTER.match(stripped) or _LEADING_LETTER_WORD.match(stripped)

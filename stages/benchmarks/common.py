@@ -46,9 +46,9 @@ class EvalItem:
                                            # option labels are scored as the reply's first token
     family_prompts: dict[str, str] = field(default_factory=dict)  # lmms-eval's prompt for a model family
                               # where it differs from `prompt` (Video-MME's for Qwen3-VL)
-    label: str = "{}"         # how the prompt labels an option, from its letter: "{}" where the options read
-                              # "A. text" and the post-prompt asks for the letter; MVBench's "({})" ("(A) text").
-                              # Likelihood scores each option's label so rendered.
+    labels: tuple[str, ...] | None = None  # each option's label as the prompt shows it, where that is not its bare
+                              # letter: MVBench's "(A)", TempCompass caption matching's "Option 1" / "Sentence A"
+                              # / "Caption A". Likelihood scores these; the readers of replies accept them.
 
 
 @dataclass

@@ -15,8 +15,8 @@ The lmms-eval rules, per benchmark (X is a letter; "first" and "last" are positi
   and the reply lower-cased (so the article "a" reads as A); else wrong.
 - perceptiontest: the first standalone capital A-D anywhere ("A man ..." reads as A); else wrong.
 - tempcompass: multi-choice: the reply is exactly an option's line, or exactly "A".."D", or starts with "X." or
-  "X)"; yes_no: starts with "yes" or "no" (any case); caption_matching: the reply is exactly an option's line,
-  its sentence (alone or after ") ") or its letter; else a GPT judge decides.
+  "X)"; yes_no: starts with "yes" or "no" (any case); caption_matching: the reply is exactly an option's line
+  ("Option 1: text"), its sentence (alone or after ") ") or its label ("Option 1", "1"); else a GPT judge decides.
 - longvideobench: after removing answer prefixes such as "The answer is", the first capital A-E anywhere, even
   inside a word ("Based on the video, ..." reads as B); else random.
 - videomme: `extract_mcq_answer`: every letter found in a known format gets a priority (starts the reply 10, ends
@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from stages.benchmarks.choice import LETTERS, parse_choice
+from stages.benchmarks.tempcompass import TEMPCOMPASS_TASKS
 from stages.core.errors import SaviError
 
 PROTOCOLS = ("lmms-eval", "strict")
@@ -63,34 +64,38 @@ class Reading:
 
 
 def parse_answer(benchmark: str, reply: str, options: Sequence[str], protocol: str = "lmms-eval", *,
-                 yes_no: bool = False, task: str | None = None) -> int | None:
+                 yes_no: bool = False, task: str | None = None, labels: Sequence[str] | None = None) -> int | None:
     """The index of the option `reply` picks under `protocol`, or None when nothing matches (never a guess)."""
-    return read_answer(benchmark, reply, options, protocol=protocol, yes_no=yes_no, task=task).index
+    return read_answer(benchmark, reply, options, protocol=protocol, yes_no=yes_no, task=task, labels=labels).index
 
 
 def read_answer(benchmark: str, reply: str, options: Sequence[str], *, protocol: str = "lmms-eval",
-                yes_no: bool = False, task: str | None = None) -> Reading:
+                yes_no: bool = False, task: str | None = None, labels: Sequence[str] | None = None) -> Reading:
     """Read `reply` to a question of `benchmark` whose option texts (letter prefixes stripped) are `options`.
 
     `yes_no` marks a yes/no item (options ("yes", "no")); `task` is TempCompass's task ("multi-choice", "yes_no",
-    "caption_matching"), taken as "yes_no" or "multi-choice" from `yes_no` when not given.
+    "caption_matching"), taken as "yes_no" or "multi-choice" from `yes_no` when not given. `labels` are the
+    options' labels where the prompt shows others than bare letters (`EvalItem.labels`: "(A)", "Option 1").
     """
     if benchmark not in BENCHMARK_NAMES:
         raise SaviError(f"no answer extractor for benchmark {benchmark!r}; known: {', '.join(BENCHMARK_NAMES)}")
     if protocol not in PROTOCOLS:
         raise SaviError(f"unknown answer protocol {protocol!r}; use one of: {', '.join(PROTOCOLS)}")
     if protocol == "strict" or benchmark == "world":
-        return _strict(reply, options, yes_no)
+        return _strict(reply, options, yes_no, labels)
     reply = _without_reasoning(reply)
     if benchmark == "tempcompass":
-        return _TEMPCOMPASS_RULES[_tempcompass_task(task, yes_no)](reply, options)
+        task = _tempcompass_task(task, yes_no)
+        if task == "caption_matching":
+            return _tempcompass_caption_matching(reply, options, labels)
+        return _TEMPCOMPASS_RULES[task](reply, options)
     if yes_no:
         raise SaviError(f"lmms-eval's {benchmark} task has no yes/no questions; only TempCompass's yes_no task does")
     return _RULES[benchmark](reply, options)
 
 
-def _strict(reply: str, options: Sequence[str], yes_no: bool) -> Reading:
-    index, how = parse_choice(reply, tuple(options), yes_no)
+def _strict(reply: str, options: Sequence[str], yes_no: bool, labels: Sequence[str] | None) -> Reading:
+    index, how = parse_choice(reply, tuple(options), yes_no, labels=labels)
     # savi counts an unparsed reply wrong (and reports it as unparsed).
     return Reading(index, how, None) if index is not None else Reading(None, None, WRONG)
 
@@ -278,28 +283,34 @@ def _tempcompass_yes_no(reply: str, options: Sequence[str]) -> Reading:
     return Reading(None, None, JUDGE)
 
 
-def _tempcompass_caption_matching(reply: str, options: Sequence[str]) -> Reading:
-    # lmms-eval's eval_rule, with the labels savi's prompt shows (letters) in place of the file's labels ("Option
-    # 1", "Sentence A", "Caption A"): the checks run in this order and a later match replaces an earlier one.
-    # A letter beyond the options matches nothing here, so it goes to the judge.
+def _tempcompass_caption_matching(reply: str, options: Sequence[str], labels: Sequence[str] | None) -> Reading:
+    # lmms-eval's eval_rule: the reply is an option's whole line ("Option 1: text"), its sentence (alone or after
+    # ") "), or its label, whole ("Sentence A") or short ("A"); the checks run in this order and a later match
+    # replaces an earlier one. Without the file's labels the options read as lettered lines ("A. text").
+    # A label beyond the options matches nothing here, so it goes to the judge.
+    if labels:
+        lines = [f"{label}: {option}" for label, option in zip(labels, options)]
+        names = [*labels, *(label.split()[-1] for label in labels)]   # "Option 1" and "1"
+    else:
+        lines, names = _lines(options), list(LETTERS[:len(options)])
     chosen = None
-    for k, line in enumerate(_lines(options)):
+    for k, line in enumerate(lines):
         if reply == line:
             chosen = Reading(k, "option-text", None)
     after_bracket = reply.split(") ")[1] if ") " in reply else None   # "(A) text" and "A) text" give "text"
     for k, sentence in enumerate(options):
         if reply == sentence or after_bracket == sentence:
             chosen = Reading(k, "sentence", None)
-    for k, letter in enumerate(LETTERS[:len(options)]):
-        if reply == letter or reply.replace(".", "") == letter:
-            chosen = Reading(k, "letter", None)
+    for k, name in enumerate(names):
+        if reply == name or reply.replace(".", "") == name:
+            chosen = Reading(k % len(options), "label", None)
     return chosen or Reading(None, None, JUDGE)
 
 
+# Caption matching reads by the options' labels too (`read_answer`).
 _TEMPCOMPASS_RULES: dict[str, Callable[[str, Sequence[str]], Reading]] = {
     "multi-choice": _tempcompass_multi_choice,
     "yes_no": _tempcompass_yes_no,
-    "caption_matching": _tempcompass_caption_matching,
 }
 
 
@@ -309,8 +320,8 @@ def _tempcompass_task(task: str | None, yes_no: bool) -> str:
     if task == "captioning":
         raise SaviError("TempCompass captioning has no answer extractor: lmms-eval scores every caption with a GPT "
                         "judge")
-    if task not in _TEMPCOMPASS_RULES:
-        raise SaviError(f"unknown TempCompass task {task!r}; known: {', '.join(_TEMPCOMPASS_RULES)}")
+    if task not in TEMPCOMPASS_TASKS:
+        raise SaviError(f"unknown TempCompass task {task!r}; known: {', '.join(TEMPCOMPASS_TASKS)}")
     if yes_no != (task == "yes_no"):
         raise SaviError(f"TempCompass: yes_no={yes_no} contradicts the task {task!r}")
     return task

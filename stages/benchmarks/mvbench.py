@@ -124,4 +124,4 @@ def _mvbench_item(task: str, index: int, rec: Any, path: Path, finder: _VideoFin
         # The layout each video was found in (the summary counts them): the `video` revision is lmms-eval's.
         options=tuple(candidates), answer=candidates.index(answer_text), category=task, meta={"layout": layout},
         prompt=f"Question:{question}\nOption:\n{options}Only give the best option.\n",
-        start_s=start, end_s=end, frame_fps=frame_fps, label="({})")
+        start_s=start, end_s=end, frame_fps=frame_fps, labels=tuple(f"({LETTERS[k]})" for k in range(len(candidates))))

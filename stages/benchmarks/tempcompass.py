@@ -13,7 +13,6 @@ from stages.benchmarks.common import (
     EvalItem,
     _first_file,
     _folder,
-    _lettered,
     _load_json,
     _missing,
     _text,
@@ -29,7 +28,7 @@ INFO = BenchmarkInfo(
 
 _MC_LINE = re.compile(r"^\s*([A-Z])\s*\.\s*(.*?)\s*$")
 _GLUED_OPTION = re.compile(r"^(.*\?)\s*([A-Z]\.\s*\S.*)$")
-_CAPTION_LINE = re.compile(r"^\s*(?:Option|Sentence|Caption)\s+([A-Z0-9])\s*:\s*(.*?)\s*$")
+_CAPTION_LINE = re.compile(r"^\s*((?:Option|Sentence|Caption)\s+[A-Z0-9])\s*:\s*(.*?)\s*$")
 _TEMPCOMPASS_ANSWER_PROMPT = {"multi-choice": "\nPlease directly give the best option:",
                               "caption_matching": "\nPlease directly give the best option:",
                               "yes_no": "\nPlease answer yes or no:"}
@@ -80,10 +79,11 @@ def read(data: Path, split: str, finder: _VideoFinder) -> Benchmark:
                 line = _MC_LINE if split == "multi-choice" else _CAPTION_LINE
                 question, labels, options = _split_embedded_options(text, line, path, where)
                 index = _embedded_answer(answer, line, labels, options, path, where)
-                # Options are shown with letters whatever their label in the file ("Option 1", "Sentence B"), so
-                # every item is answered, and scored, by letter.
+                # The question as the file writes it, options and their labels included ("A. ...", "Option 1:
+                # ...", "Sentence B: ..."), as lmms-eval asks it; caption matching's labels are read back as such.
                 items.append(EvalItem(**common, question=question, options=tuple(options), answer=index,
-                                      prompt=f"{question}\n{_lettered(options)}{_TEMPCOMPASS_ANSWER_PROMPT[split]}"))
+                                      prompt=text + _TEMPCOMPASS_ANSWER_PROMPT[split],
+                                      labels=tuple(labels) if split == "caption_matching" else None))
     return Benchmark("tempcompass", split, items, sources, answers_public=True)
 
 
