@@ -18,8 +18,10 @@ Two protocols:
   figure is measured this way: a fast diagnostic. Benchmarks whose options are whole replies (the world's) score
   each reply whole instead, one pass per option.
 
-Both use the benchmark's own prompt, and the frames are sampled as `savi sample` does (uniform segment
-midpoints, within the question's time span where the benchmark gives one).
+Both use the benchmark's own prompt (lmms-eval's). Under lmms-eval the frames are those lmms-eval's path for the
+model's family decodes, at its pixel budget (`protocol.frame_indices`, `protocol.frame_size`); under likelihood
+they are sampled as `savi sample` does (uniform segment midpoints). Both keep to the question's time span where
+the benchmark gives one. docs/EVAL.md compares savi's protocol with lmms-eval's, benchmark by benchmark.
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ def rescore(run: Run, round: int, source: BenchmarkSource) -> EvalOutcome:
     before = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary = summarize(rows, bench, round, protocol, manifest["params"]["model"],
                         missing=before.get("missing_videos", 0))
+    summary["frames"] = before.get("frames")
     write_json(summary_path, summary)
     submission_path = _write_submission(art.path, bench, rows)
     result = writer.finish_result(len(rows), {k: summary[k] for k in COUNTED}, notes={"rescored": True})

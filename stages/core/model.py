@@ -234,10 +234,14 @@ class Policy:
             log.warning(f"out of GPU memory: batch size lowered to {self.batch_size}")
         return results
 
-    def _inputs(self, videos: Sequence[Video], prompts: Sequence[str], reply_starts: Sequence[str] = ()) -> Any:
+    def _inputs(self, videos: Sequence[Video], prompts: Sequence[str],
+                reply_starts: Sequence[str] | None = None) -> Any:
+        """The model's inputs for each (video, prompt), the assistant's turn opened (and begun with
+        `reply_starts[i]` where given)."""
         texts = [self.processor.apply_chat_template(chat(prompt), tokenize=False, add_generation_prompt=True)
                  for prompt in prompts]
-        texts = [text + start for text, start in zip(texts, reply_starts)] + texts[len(reply_starts):]
+        if reply_starts is not None:
+            texts = [text + start for text, start in zip(texts, reply_starts, strict=True)]
         return processor_inputs(self.processor, videos, texts).to(self.model.device)
 
     def _generate_batch(self, videos, prompts, keys, decoding: Decoding) -> list[Generation]:
