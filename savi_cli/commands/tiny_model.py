@@ -26,9 +26,9 @@ def tiny_model(
     A random one's output is meaningless text, but it runs the real code path: any command's --model accepts the
     folder. With --world it learns the world instead: its vision tower initialised so that it can see, then
     fine-tuned in one thread on the train split until its accuracy on the val split, scored as `savi eval world`
-    scores it, reaches --target with every kind of question at --kind-target (about 5-15 CPU-minutes on the
-    default world); a kind that reaches --kind-ceiling rests until the others catch up. world_training.json records the steps and the accuracy it stopped at; the same seed gives the
-    same model.
+    scores it, reaches --target with every kind of question at --kind-target (about 5-15 CPU-minutes on the default
+    world); a kind that reaches --kind-ceiling rests until the others catch up. world_training.json records the
+    steps and the accuracy it stopped at; the same seed gives the same model.
 
     Example:
 
