@@ -22,12 +22,13 @@ loading the model from its folder, decoding the frames, the model work, writing 
 
 * likelihood: one forward pass per question; the log-probability of each option's letter as the reply's first
   token picks the answer.
-* generate: greedy generation of up to ``--max-new-tokens`` tokens after the same prompt, then ``parse_choice``.
+* generate: the lmms-eval protocol: greedy generation of up to ``--max-new-tokens`` tokens after the same prompt, on
+  lmms-eval's frames and pixels for the model family, then the benchmark's lmms-eval answer extractor.
 
 One untimed warm-up call per mode comes first (one batch of questions). The modes are then interleaved
 (likelihood, generate, likelihood, ...) ``--repeats`` times, so a slow spell on a shared machine hits both; the
 table shows the median questions/s per mode and the ratio likelihood/generate. The fraction of generate replies
-that no option could be read from is the summary's ``unparsed`` over its ``questions``; with a random model it
+that no option could be read from is the summary's ``unmatched`` over its ``questions``; with a random model it
 says nothing about a real one, only that generate mode can fail where likelihood mode cannot. To show how many
 tokens generate mode decoded, ``Policy.generate`` is wrapped to keep the ``Generation`` rows it returns
 (``num_tokens``, and whether each stopped at end-of-sequence); it runs unchanged.
@@ -164,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     model_cfg = ModelConfig(id=str(folder), batch_size=args.batch_size, device=device)
 
     def evaluate(mode: str, limit: int | None = None) -> tuple[float, eval_stage.EvalOutcome]:
-        cfg = eval_stage.EvalConfig(mode=mode, frames=args.frames, max_side=args.size if real else 448, limit=limit,
+        # "generate" is the lmms-eval protocol (its frames and pixels for the family, --max-new-tokens tokens).
+        cfg = eval_stage.EvalConfig(protocol="lmms-eval" if mode == "generate" else "likelihood", frames=args.frames,
+                                    max_side=args.size if real else 448, limit=limit,
                                     max_new_tokens=args.max_new_tokens)
         start = time.perf_counter()
         outcome = eval_stage.run(run, 0, source, cfg, model_cfg, force=True)
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     assert all(o.summary["evaluated"] == questions and not o.summary["video_errors"] for o in last.values())
     qps = {mode: statistics.median(questions / w for w in walls[mode]) for mode in MODES}
     generated = last["generate"].summary
-    unparsed = f"{generated['unparsed']}/{generated['questions']}"
+    unparsed = f"{generated['unmatched']}/{generated['questions']}"
     chance = statistics.mean(1 / len(o) for o in pq.read_table(last["generate"].result.path).column("options")
                              .to_pylist())
     lines = ["| mode | wall s (median) | questions/s (median) | vs generate | unparsed |", "|---|---:|---:|---:|---:|"]
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in MODES:
         print(f"{mode} runs (s): " + ", ".join(f"{w:.2f}" for w in walls[mode]))
     print(f"ratio likelihood/generate questions/s: {qps['likelihood'] / qps['generate']:.2f}x")
-    print(f"generate: unparsed {unparsed} ({generated['unparsed'] / generated['questions']:.0%}); replies "
+    print(f"generate: unparsed {unparsed} ({generated['unmatched'] / generated['questions']:.0%}); replies "
           f"{statistics.mean(g.num_tokens for g in replies):.1f} tokens on average (limit {args.max_new_tokens}), "
           f"{sum(g.finished for g in replies)}/{len(replies)} stopped at end-of-sequence")
     print(f"accuracy: likelihood {last['likelihood'].summary['accuracy']}, generate {generated['accuracy']} "
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "bench_eval", "preset": args.preset, "dry_run": args.dry_run_cpu, "setup": setup,
             "machine": machine, "questions": questions, "walls_s": walls, "questions_per_s": qps,
             "likelihood_over_generate": qps["likelihood"] / qps["generate"], "load_s": loads,
-            "generate_unparsed": generated["unparsed"], "generate_mean_tokens":
+            "generate_unparsed": generated["unmatched"], "generate_mean_tokens":
                 statistics.mean(g.num_tokens for g in replies), "table": table,
             "imported_but_absent_on_gpu_machine": absent}, indent=2))
         print(f"JSON: {args.json}")

@@ -264,7 +264,7 @@ def test_a_broken_benchmark_file_is_named_and_nothing_is_written(case, tiny_mode
     assert snapshot(workspace) == before
 
     write_benchmark(benchmark, tmp_path, questions=3, layout=layout)  # the file as published again
-    assert "round 0 (likelihood): accuracy" in ok(savi(*args)).stderr
+    assert "round 0: lmms-eval accuracy" in ok(savi(*args)).stderr
     assert snapshot(workspace) == before                         # the same file: the finished table stands
 
 
@@ -304,7 +304,7 @@ def test_evaluating_a_round_that_was_never_trained(tiny_model, tmp_path, workspa
     assert snapshot(workspace) == before
 
     save_random_adapter(open_run("t"), 5, tiny_model)
-    assert "egoschema round 5 (likelihood): accuracy" in ok(savi(*args)).stderr
+    assert "egoschema round 5: lmms-eval accuracy" in ok(savi(*args)).stderr
     assert open_run("t").eval_artifact("egoschema", 5).complete
 
 

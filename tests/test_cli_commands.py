@@ -229,10 +229,11 @@ def test_dpo_then_eval_of_the_trained_round(family, tiny_model, sampled_run, wor
     assert not (workspace / "t" / "round=1" / ".checkpoints").exists()
 
     data = write_benchmark("egoschema", tmp_path / "bench", questions=2)
-    evaluated = savi("eval", "egoschema", "--data", data, "--run", "t", "--frames", "2")  # the latest round: 1
+    evaluated = savi("eval", "egoschema", "--data", data, "--run", "t", "--frames", "2",
+                     "--protocol", "likelihood")  # the latest round: 1
     table = workspace / "t" / "round=1" / "eval" / "egoschema.parquet"
     assert one_path(evaluated) == str(table)
-    assert evaluated.stderr.startswith("egoschema round 1 (likelihood): accuracy ")
+    assert evaluated.stderr.startswith("egoschema round 1: likelihood accuracy ")
     rows = sampled_run.eval_artifact("egoschema", 1).read()
     assert len(rows) == 2 and all(r.error is None and r.num_frames == 2 for r in rows)
     assert all(r.model.endswith("+round=1") for r in rows)

@@ -332,3 +332,11 @@ def test_bad_arguments_raise_savi_error_with_one_line(call, message):
     with pytest.raises(SaviError, match=message) as raised:
         call()
     assert "\n" not in str(raised.value)
+
+
+def test_parse_answer_is_the_benchmarks_packages_one_reading_function():
+    from stages import benchmarks
+
+    assert benchmarks.parse_answer is parse_answer
+    assert benchmarks.parse_answer("longvideobench", "Based on the video, the answer is C", FRUIT) == 1
+    assert benchmarks.parse_answer("longvideobench", "Based on the video, the answer is C", FRUIT, "strict") == 2

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from stages.benchmarks import egoschema, longvideobench, mvbench, nextqa, perceptiontest, tempcompass, videomme, world
 from stages.benchmarks.common import VIDEO_EXTENSIONS, Benchmark, BenchmarkInfo, EvalItem, _VideoFinder
+from stages.benchmarks.extract import parse_answer
 from stages.benchmarks.mvbench import MVBENCH_FRAME_FPS, MVBENCH_TASKS
 from stages.benchmarks.tempcompass import TEMPCOMPASS_TASKS
 from stages.core.errors import SaviError
 
 __all__ = ["BENCHMARKS", "MVBENCH_FRAME_FPS", "MVBENCH_TASKS", "TEMPCOMPASS_TASKS", "VIDEO_EXTENSIONS", "Benchmark",
-           "BenchmarkInfo", "EvalItem", "read_benchmark", "submission"]
+           "BenchmarkInfo", "EvalItem", "parse_answer", "read_benchmark", "submission"]
 
 _MODULES = {"egoschema": egoschema, "mvbench": mvbench, "nextqa": nextqa, "perceptiontest": perceptiontest,
             "tempcompass": tempcompass, "longvideobench": longvideobench, "videomme": videomme, "world": world}
