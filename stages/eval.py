@@ -41,12 +41,13 @@ from stages.benchmarks import BENCHMARKS, Benchmark, EvalItem, read_benchmark, s
 from stages.benchmarks.choice import LETTERS
 from stages.benchmarks.extract import JUDGE, RANDOM, Reading, read_answer
 from stages.benchmarks.protocol import decoded_frame_count, family_of, frame_indices, frame_size, reply_tokens
-from stages.core.errors import SaviError, first_line
+from stages.core.errors import SaviError
 from stages.core.model import (
     Decoding,
     Policy,
     Video,
     adapter_fingerprint,
+    checkpoint_facts,
     pending_batches,
     trained_adapter,
     trained_rounds,
@@ -109,8 +110,12 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
     adapter = trained_adapter(run, round)
 
     name = table_name(bench)
-    family = model_family(model_cfg) if cfg.protocol == "lmms-eval" else None
-    penalty = shipped_repetition_penalty(model_cfg) if family else 1.0
+    family, penalty = None, 1.0
+    if cfg.protocol == "lmms-eval":
+        # lmms-eval's model paths never set a repetition penalty, so generate() applies the one the checkpoint
+        # ships (1.05 for Qwen2.5-VL-7B-Instruct); savi, which otherwise drops the shipped defaults, does too.
+        model_type, penalty = checkpoint_facts(model_cfg.id)
+        family = family_of(model_type)
     params = {"benchmark": bench.name, "split": bench.split, "protocol": cfg.protocol, "frames": cfg.frames,
               "model": model_cfg.id, "adapter": adapter_fingerprint(adapter)}
     if family is None:
@@ -236,29 +241,6 @@ def _check_videos(bench: Benchmark, items: list[EvalItem], source: BenchmarkSour
         count = "1 video" if len(missing) == 1 else f"{len(missing)} videos"
         raise SaviError(f"{count} of {bench.name} missing under {where} ({first}); {advice}")
     return present, missing
-
-
-def model_family(model_cfg: ModelConfig) -> str:
-    """The lmms-eval protocol's model family of the checkpoint, read from its configuration alone."""
-    from transformers import AutoConfig
-
-    try:
-        model_type = AutoConfig.from_pretrained(model_cfg.id).model_type
-    except (OSError, ValueError) as e:
-        raise SaviError(f"cannot read the configuration of {model_cfg.id}: {first_line(e, 160)}") from None
-    return family_of(model_type)
-
-
-def shipped_repetition_penalty(model_cfg: ModelConfig) -> float:
-    """The repetition penalty the checkpoint's generation_config.json ships (Qwen2.5-VL-7B-Instruct: 1.05).
-    lmms-eval's model paths never set one, so generate() applies the shipped value, and savi, which otherwise
-    drops the shipped defaults, applies it too under the lmms-eval protocol."""
-    from transformers import GenerationConfig
-
-    try:
-        return float(GenerationConfig.from_pretrained(model_cfg.id).repetition_penalty or 1.0)
-    except OSError:  # no generation_config.json: generate()'s own default
-        return 1.0
 
 
 def lmms_eval_sampling(family: str, frames: int) -> Sampling:

@@ -241,7 +241,8 @@ def test_savi_world_small_builds_the_small_sizes_and_prints_the_folder(tmp_path)
 def test_savi_eval_world_scores_one_row_per_test_question_with_known_answers(world, tiny_model, workspace):
     model = tiny_model()
     for split, table in ((None, "world"), ("val", "world-val")):
-        args = ["eval", "world", "--data", str(world), "--model", str(model), "--frames", str(FRAMES)]
+        args = ["eval", "world", "--data", str(world), "--model", str(model), "--frames", str(FRAMES),
+                "--protocol", "likelihood"]   # each whole reply scored, as the proof scores them
         result = CliRunner().invoke(app, args + (["--split", split] if split else []))
         assert result.exit_code == 0, (result.output, result.exception)
         path = Path(result.stdout.strip())

@@ -417,6 +417,24 @@ def load_model(cfg: ModelConfig, *, training: bool = False, run: Run | None = No
     return model, processor
 
 
+def checkpoint_facts(model_id: str) -> tuple[str, float]:
+    """A checkpoint's model type and the repetition penalty its generation_config.json ships (1.0 without one),
+    from its configuration files alone: what an evaluation protocol must know before the weights load."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        with offline(_from_cache_only(model_id)):
+            model_type = AutoConfig.from_pretrained(model_id).model_type
+            try:
+                penalty = GenerationConfig.from_pretrained(model_id).repetition_penalty
+            except OSError:  # no generation_config.json: generate()'s own default
+                penalty = None
+    except (OSError, ValueError) as e:
+        raise SaviError(f"cannot load model {model_id!r}: {first_line(e)}. Pass a local model folder "
+                        "(`savi tiny-model DIR` makes one) or a Hub id of a video chat model") from None
+    return model_type, float(penalty or 1.0)
+
+
 def _from_cache_only(model_id: str) -> bool:
     """Whether a hub model must load from this machine's Hugging Face cache: the hub cannot be reached (or offline
     mode is declared). Then a model that is not in the cache is a one-line error at once, instead of minutes of
