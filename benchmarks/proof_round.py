@@ -1,7 +1,7 @@
 """Proof that a round helps: one round of savi in a world whose truth is known, judged four ways.
 
-Run from the repository root (CPU only, nothing downloaded; 16 minutes a seed on two cores, measured in
-docs/FIDELITY.md):
+Run from the repository root (CPU only, nothing downloaded; 16 minutes a seed on two cores before the world
+model's kind ceiling, which stops seeds 0-2 at or before the steps they took then; see docs/FIDELITY.md):
 
     make proof                                    # 3 seeds; writes the table to docs/FIDELITY.md
     .venv/bin/python benchmarks/proof_round.py --seeds 0          # one seed, table on stdout only
@@ -17,7 +17,7 @@ What it does, per seed
    direction, in train, judge, pool, val and test splits (`stages/offline/world.py`).
 2. **A model that knows it, imperfectly** (`savi tiny-model --world`): a tiny Qwen2.5-VL of the real configuration,
    fine-tuned on the train split until its validation accuracy reaches 0.55, with each kind of question at 0.4 or
-   more (chance: 0.25).
+   more (chance: 0.25); a kind rests from training once it reaches 0.7.
 3. **A CLIP that knows it** (`savi tiny-clip --world`): a tiny CLIP trained on the judge split, on single frames
    and on 2x2 time-ordered grids.
 4. **The round's answers**: the pool clips are sampled (`savi sample`), their questions taken as the round's, with
@@ -33,7 +33,7 @@ What it does, per seed
 6. **DPO** on each selector's pairs (`savi dpo --tune full --loss rpo --lr 6e-4`, 300 steps of 8 pairs: trl with
    savi's video collator, training the language model's layers and the projector whole; a LoRA does not move a
    model this small, see docs/FIDELITY.md), then **evaluation** of the base and of each trained model on the 600
-   test questions (`savi eval world`).
+   test questions (`savi eval world --protocol likelihood`: each option's whole reply scored).
 
 The table gives, per selector: its label accuracy on the kept pairs with one right and one wrong answer, the
 number of pairs it kept, the test accuracy with its 95% Wilson CI, the change from the base with a paired
