@@ -421,7 +421,9 @@ def summarize(rows: list[EvalResult], bench: Benchmark, model_round: int, protoc
         total = sum(_score(r) for r in group)
         return {"questions": len(group), "correct": correct,
                 "accuracy": round(total / len(group), 4) if group else None,
-                "strict_accuracy": round(strict / len(group), 4) if group else None,
+                # None for tables written before the strict reading was recorded (`savi eval --rescore` adds it).
+                "strict_accuracy": round(strict / len(group), 4) if group and all(
+                    r.strict_correct is not None for r in group) else None,
                 "accuracy_answered": round(correct / answered, 4) if answered else None}
 
     by_category: dict[str, list[EvalResult]] = defaultdict(list)
@@ -453,7 +455,7 @@ def summary_line(summary: dict[str, Any]) -> str:
         return f"({summary['protocol']}) accuracy n/a (answers hidden)"
     line = (f"{summary['protocol']} accuracy {100 * summary['accuracy']:.1f}% ({summary['correct']}/"
             f"{summary['questions']})")
-    if summary["protocol"] != "likelihood":
+    if summary["protocol"] != "likelihood" and summary["strict_accuracy"] is not None:
         line += f", strict {100 * summary['strict_accuracy']:.1f}%"
     extras = []
     if summary["unmatched"]:

@@ -218,6 +218,16 @@ def test_an_lmms_eval_table_shows_its_credited_accuracy_with_the_strict_one_besi
     assert row["95% CI"] == f"[{100 * low:.1f}, {100 * high:.1f}]"
 
 
+def test_a_table_from_before_the_strict_reading_has_no_strict_figure_rather_than_zero():
+    rows = [EvalResult(question_id=f"q{k}", benchmark="egoschema", category="all", meta={}, video=f"q{k}.mp4",
+                       question="What happens?", options=["a", "b"], answer=0, mode="generate", prediction=0,
+                       correct=True, parsed_as="letter", response="A", option_scores=[], num_frames=4, error=None,
+                       model="tiny") for k in range(3)]
+    summary = eval_stage.summarize(rows, Benchmark("egoschema", "subset", [], [], True), 0, "generate", "tiny")
+    assert summary["accuracy"] == 1.0 and summary["strict_accuracy"] is None
+    assert eval_stage.summary_line(summary) == "generate accuracy 100.0% (3/3)"
+
+
 def test_a_round_without_the_base_is_compared_with_the_previous_round_only():
     run = open_run("t")
     write_eval(run, "egoschema", 1, right_set(EGO, set(EGO[0:10])))
