@@ -125,6 +125,10 @@ def test_bad_settings_are_one_line_errors(sampled_run):
     (sampled_run.path / "savi.toml").write_text("[dop]\nbeta = 0.2\n")
     with pytest.raises(SaviError, match=r"unknown section \[dop\] in .*savi.toml"):
         round_stage.resolve_round(sampled_run)
+    (sampled_run.path / "savi.toml").write_text("[eval]\nmode = 'generate'\n")   # a setting since renamed
+    with pytest.raises(SaviError, match=r"^\[eval\] mode in .*savi.toml is now protocol \(\"likelihood\", or "
+                                        r"\"lmms-eval\" for what was \"generate\""):
+        round_stage.resolve_round(sampled_run)
     (sampled_run.path / "savi.toml").write_text("[benchmarks]\negoschema = { split = 'full' }\n")
     with pytest.raises(SaviError, match=r"\[benchmarks\] egoschema .* must be a path"):
         round_stage.resolve_round(sampled_run)

@@ -43,6 +43,10 @@ def update_config(run: Run, section: str, values: dict[str, Any]) -> None:
         tmp.write_text(tomli_w.dumps(config))
 
 
+# Settings that savi has renamed: a run's savi.toml written before says what to write instead.
+RENAMED = {("eval", "mode"): 'protocol ("likelihood", or "lmms-eval" for what was "generate": docs/EVAL.md)'}
+
+
 def resolve(run: Run, settings: type[Settings], flags: dict[str, Any] | None = None) -> Settings:
     """A settings class filled in: the declared defaults, then its section of the run's savi.toml, then the flags
     given (None: not given). Every value is checked against its declaration (type, bounds, choices) before any
@@ -55,6 +59,8 @@ def resolve(run: Run, settings: type[Settings], flags: dict[str, Any] | None = N
     if not isinstance(from_file, dict):
         raise SaviError(f"[{section}] of {where} must be a table of settings")
     unknown = sorted(set(from_file) - set(fields))
+    if (section, *unknown) in RENAMED:
+        raise SaviError(f"[{section}] {unknown[0]} in {where} is now {RENAMED[(section, *unknown)]}")
     if unknown:
         raise SaviError(f"unknown setting {', '.join(unknown)} in [{section}] of {where}; known: {', '.join(fields)}")
     given = {k: v for k, v in (flags or {}).items() if v is not None}
