@@ -40,7 +40,14 @@ import numpy as np
 from stages.benchmarks import BENCHMARKS, Benchmark, EvalItem, read_benchmark, submission
 from stages.benchmarks.choice import LETTERS
 from stages.benchmarks.extract import JUDGE, RANDOM, Reading, read_answer
-from stages.benchmarks.protocol import decoded_frame_count, family_of, frame_indices, frame_size, reply_tokens
+from stages.benchmarks.protocol import (
+    decoded_frame_count,
+    family_of,
+    frame_indices,
+    frame_size,
+    reply_tokens,
+    system_message,
+)
 from stages.core.errors import SaviError
 from stages.core.model import (
     Decoding,
@@ -347,7 +354,8 @@ def _answer(policy: Policy, batch: Sequence[EvalItem], videos: dict[str, Video |
     elif ok:
         replies = policy.generate([videos[_video_key(i)] for i in ok], [i.family_prompts.get(family, i.prompt)
                                                                         for i in ok],
-                                  keys=[i.question_id for i in ok], decoding=_decoding(bench, cfg, family, penalty))
+                                  keys=[i.question_id for i in ok], decoding=_decoding(bench, cfg, family, penalty),
+                                  system=system_message(family))
         for item, reply in zip(ok, replies):
             answers[item.question_id] = (*readings(bench.name, item, reply.text), reply.text, [])
 

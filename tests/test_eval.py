@@ -182,15 +182,17 @@ def test_each_benchmark_reads_its_replies_with_its_lmms_eval_extractor_and_the_s
         assert s["strict_unparsed"] == sum(r.strict_prediction is None for r in scored)
 
 
-def test_video_mme_asks_qwen3_vl_in_the_format_lmms_eval_gives_it(tiny_model, tmp_path, workspace, monkeypatch):
+def test_video_mme_asks_qwen3_vl_in_the_format_and_after_the_system_turn_lmms_eval_gives_it(tiny_model, tmp_path,
+                                                                                           workspace, monkeypatch):
     from stages.core.model import Policy
 
     data = write_benchmark("videomme", tmp_path, questions=2)
-    asked = []
+    asked, systems = [], []
     generate = Policy.generate
 
     def recording(self, videos, prompts, **kw):  # the real generation, its prompts noted on the way
         asked.extend(prompts)
+        systems.append(kw.get("system"))
         return generate(self, videos, prompts, **kw)
 
     monkeypatch.setattr(Policy, "generate", recording)
@@ -202,6 +204,8 @@ def test_video_mme_asks_qwen3_vl_in_the_format_lmms_eval_gives_it(tiny_model, tm
     assert "\nOptions:\nA. " in qwen3
     assert qwen25.startswith("Select the best answer") and qwen25.endswith(
         "Answer with the option's letter from the given choices directly.")
+    # lmms-eval's Qwen3-VL path sends a system turn; Qwen2.5-VL's chat template adds the same one itself.
+    assert systems == ["You are a helpful assistant.", None]
 
 
 def test_the_reply_is_greedy_with_the_shipped_penalty_and_the_tasks_length_unless_told_otherwise(tiny_model, tmp_path,

@@ -244,6 +244,15 @@ def test_rendered_labels_are_scored_where_they_differ_after_the_tokens_they_shar
     assert scores == pytest.approx([logprobs[ids[shared]].item() for ids in spelled], abs=1e-4)
 
 
+def test_a_system_turn_given_comes_before_the_user_turn_in_the_models_input(tiny_model, sampled_run):
+    policy = Policy.load(ModelConfig(id=str(tiny_model("qwen3_vl"))))
+    tokenizer = policy.processor.tokenizer
+    plain, told = (tokenizer.decode(policy._inputs(videos_of(sampled_run)[:1], PROMPTS[:1], system=system)
+                                    ["input_ids"][0]) for system in (None, "You are a helpful assistant."))
+    assert "You are a helpful assistant." not in plain   # Qwen3-VL's template has no default system turn
+    assert told.index("system\nYou are a helpful assistant.") < told.index("user\n")
+
+
 def test_labels_that_share_a_first_token_are_refused(tiny_model, sampled_run):
     policy = Policy.load(ModelConfig(id=str(tiny_model())))
     with pytest.raises(SaviError, match="share first tokens.*--protocol lmms-eval"):

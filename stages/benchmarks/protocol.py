@@ -108,6 +108,13 @@ def reply_tokens(benchmark: str, family: str | None = None) -> int:
     raise SaviError(f"no lmms-eval reply length is known for benchmark {benchmark!r}; known: {known}")
 
 
+def system_message(family: str) -> str | None:
+    """The system turn lmms-eval's path sends: Qwen3-VL's chat class inserts its `system_prompt` (default "You are
+    a helpful assistant.", models/simple/qwen3_vl.py); the others send none (Qwen2-VL's and Qwen2.5-VL's chat
+    templates add that same sentence by themselves)."""
+    return "You are a helpful assistant." if _check_family(family) == "qwen3_vl" else None
+
+
 def family_of(model_type: str) -> str:
     """The family of a transformers `config.model_type`."""
     family = _FAMILY_OF_MODEL_TYPE.get(model_type)

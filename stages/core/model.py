@@ -183,15 +183,15 @@ class Policy:
         return cls(model, processor, cfg, adapter)
 
     def generate(self, videos: Sequence[Video], prompts: Sequence[str], *, keys: Sequence[str],
-                 decoding: Decoding) -> list[Generation]:
-        """Generate one answer per (video, prompt), `batch_size` at a time.
+                 decoding: Decoding, system: str | None = None) -> list[Generation]:
+        """Generate one answer per (video, prompt), `batch_size` at a time, after a system turn if given.
 
         `keys` name the items. When sampling, each item draws from its own random stream, seeded from the run seed
         and its key: an item gets the same sample whatever batch it shares, however large, and wherever it sits in
         it (so a resumed run, a batch halved after out-of-memory, or another process draws the same).
         """
         def generate_batch(videos, prompts, keys):
-            return self._generate_batch(videos, prompts, keys, decoding)
+            return self._generate_batch(videos, prompts, keys, decoding, system)
 
         return self._in_batches(generate_batch, videos, prompts, keys)
 
@@ -235,20 +235,20 @@ class Policy:
         return results
 
     def _inputs(self, videos: Sequence[Video], prompts: Sequence[str],
-                reply_starts: Sequence[str] | None = None) -> Any:
-        """The model's inputs for each (video, prompt), the assistant's turn opened (and begun with
-        `reply_starts[i]` where given)."""
-        texts = [self.processor.apply_chat_template(chat(prompt), tokenize=False, add_generation_prompt=True)
+                reply_starts: Sequence[str] | None = None, system: str | None = None) -> Any:
+        """The model's inputs for each (video, prompt), after a system turn if given, the assistant's turn opened
+        (and begun with `reply_starts[i]` where given)."""
+        texts = [self.processor.apply_chat_template(chat(prompt, system), tokenize=False, add_generation_prompt=True)
                  for prompt in prompts]
         if reply_starts is not None:
             texts = [text + start for text, start in zip(texts, reply_starts, strict=True)]
         return processor_inputs(self.processor, videos, texts).to(self.model.device)
 
-    def _generate_batch(self, videos, prompts, keys, decoding: Decoding) -> list[Generation]:
+    def _generate_batch(self, videos, prompts, keys, decoding: Decoding, system: str | None = None) -> list[Generation]:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
-        inputs = self._inputs(videos, prompts)
+        inputs = self._inputs(videos, prompts, system=system)
         # Greedy search over the sampler's perturbed scores: with no sampler it is plain greedy decoding.
         sampler = [SeededSampler([batch_seed(self.cfg.seed, key) for key in keys], decoding, self.model.device)] \
             if decoding.sampling else []
@@ -576,9 +576,11 @@ def completion_text(processor: Any, prompt: list[dict[str, Any]], reply: str) ->
     return reply + full[at + len(reply):]
 
 
-def chat(prompt: str) -> list[dict[str, Any]]:
-    """One user turn: the video, then the prompt (the order VideoSAVi and the model cards use)."""
-    return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+def chat(prompt: str, system: str | None = None) -> list[dict[str, Any]]:
+    """One user turn: the video, then the prompt (the order VideoSAVi and the model cards use); after a system turn
+    where one is given (else the chat template's own default, if it has one)."""
+    turn = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+    return ([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []) + turn
 
 
 def preference_row(pair: Any) -> dict[str, Any]:
