@@ -79,8 +79,8 @@ def test_a_round_at_32_frames_of_448_px_keeps_every_video_token(tiny_model, tmp_
     seen = []  # (frame size, video tokens) of every prompt row any stage gave the model
     real_inputs = Policy._inputs
 
-    def counting_inputs(self, videos, prompts):
-        inputs = real_inputs(self, videos, prompts)
+    def counting_inputs(self, videos, prompts, *args, **kwargs):
+        inputs = real_inputs(self, videos, prompts, *args, **kwargs)
         counts = video_tokens_per_row(inputs["input_ids"], inputs["attention_mask"],
                                       self.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>"))
         for video, count in zip(videos, counts):
