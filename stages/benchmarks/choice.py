@@ -1,4 +1,4 @@
-"""Reading which option of a multiple-choice question a model's reply picks (`savi eval`, generate mode).
+"""Reading which option of a multiple-choice question a model's reply picks (`savi eval`: the strict reading).
 
 Benchmarks label their options with letters (A., B., ...); `LETTERS` is the one alphabet the readers render them
 with and the answers are read back with.
