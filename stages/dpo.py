@@ -30,6 +30,7 @@ This module imports trl and transformers at the top: it is the training script, 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import warnings
@@ -38,7 +39,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from transformers import PrinterCallback, SchedulerType, TrainerCallback
+from transformers import PrinterCallback, SchedulerType, TrainerCallback, TrainerState
 from trl import DPOTrainer
 
 from stages.core.errors import SaviError
@@ -109,7 +110,10 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
     trainer = build_trainer(run, samples, pairs, cfg, model_cfg, previous, checkpoints, writer, progress)
     last = _last_checkpoint(checkpoints)
     try:
-        trainer.train(resume_from_checkpoint=str(last) if last else None)
+        if last and _finished(last):
+            _restore_finished(trainer, last)
+        else:
+            trainer.train(resume_from_checkpoint=str(last) if last else None)
     finally:
         writer.close()
     final = trainer.evaluate(eval_dataset=trainer.train_dataset, metric_key_prefix="final")
@@ -381,6 +385,21 @@ def _metric(metrics: dict[str, float], key: str) -> float | None:
 def _last_checkpoint(folder: Path) -> Path | None:
     checkpoints = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     return max(checkpoints, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _finished(checkpoint: Path) -> bool:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return state["global_step"] >= state["max_steps"]
+
+
+def _restore_finished(trainer: Any, checkpoint: Path) -> None:
+    """Take the weights and logged steps of a training that ended at `checkpoint` (killed before its adapter was
+    saved). Resuming it would train on: transformers checks the step count only after a step, and an epoch that
+    `max_steps` ends midway is begun again."""
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    # The train log callback puts back the steps of the checkpoint's log history that were not yet flushed.
+    trainer.callback_handler.on_train_begin(trainer.args, trainer.state, trainer.control)
 
 
 def _save_adapter(model: Any, adapter_dir: Path) -> None:

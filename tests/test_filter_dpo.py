@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from builders import write_pairs
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from savi_cli.main import app
@@ -248,8 +249,6 @@ def test_clip_weighted_loss_adds_the_grounding_margin(sampled_run, tiny_model):
 
 
 def test_rounds_chain_each_from_the_previous_policy(sampled_run, tiny_model):
-    from safetensors.torch import load_file
-
     mcfg = ModelConfig(id=str(tiny_model()))
     write_pairs(sampled_run, 1)
     with pytest.raises(SaviError, match="round 2 starts from the policy trained in round 1"):
@@ -314,37 +313,42 @@ def test_4bit_qlora_trains_on_cpu(sampled_run, tiny_model, caplog):
     assert any(not torch.equal(lora_before[n], lora_after[n]) for n in lora_before)
 
 
-def test_a_training_killed_as_it_saves_a_checkpoint_resumes_there_and_logs_every_step(sampled_run, tiny_model,
-                                                                                      workspace):
-    write_pairs(sampled_run, 1)
-    # The first training kills itself at the worst moment, whatever the speed of this machine: checkpoint 4 (of 8
-    # steps) is on disk, and the steps it covers are not yet flushed to the train log.
-    die_at_checkpoint_4 = ("import os, signal\n"
-                           "from stages import dpo\n"
-                           "save = dpo.TrainLogCallback.on_save\n"
-                           "def on_save(self, args, state, control, **kwargs):\n"
-                           "    if state.global_step == 4:\n"
-                           "        os.kill(os.getpid(), signal.SIGKILL)\n"
-                           "    return save(self, args, state, control, **kwargs)\n"
-                           "dpo.TrainLogCallback.on_save = on_save\n"
-                           "from savi_cli.main import app\n"
-                           "app()\n")
+@pytest.mark.parametrize("killed_at", [4, 8], ids=["midway", "at-the-last-checkpoint"])
+def test_a_training_killed_as_it_saves_a_checkpoint_resumes_there_and_logs_every_step_once(
+        sampled_run, tiny_model, workspace, killed_at):
+    write_pairs(sampled_run, 1, n=6)  # 3 steps an epoch, so the 8 steps end inside the third epoch
+    # The first training kills itself at the worst moment, whatever the speed of this machine: a checkpoint (of 8
+    # steps) is on disk, and the steps it covers are not yet flushed to the train log. At checkpoint 8 the training
+    # is over, and the resumed one must train and log nothing more.
+    die_at_checkpoint = ("import os, signal\n"
+                         "from stages import dpo\n"
+                         "save = dpo.TrainLogCallback.on_save\n"
+                         "def on_save(self, args, state, control, **kwargs):\n"
+                         f"    if state.global_step == {killed_at}:\n"
+                         "        os.kill(os.getpid(), signal.SIGKILL)\n"
+                         "    return save(self, args, state, control, **kwargs)\n"
+                         "dpo.TrainLogCallback.on_save = on_save\n"
+                         "from savi_cli.main import app\n"
+                         "app()\n")
     dpo_args = ["dpo", "--run", "t", "--round", "1", "--model", str(tiny_model()), "--no-4bit", "--max-steps", "8",
                 "--save-steps", "2", "--grad-accum", "1", "--batch-size", "2", "--lr", "2e-3"]
     env = dict(os.environ, SAVI_HOME=str(workspace))
-    killed = subprocess.run([sys.executable, "-c", die_at_checkpoint_4, *dpo_args], env=env, capture_output=True)
+    killed = subprocess.run([sys.executable, "-c", die_at_checkpoint, *dpo_args], env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     checkpoints = sampled_run.round_dir(1) / ".checkpoints"
-    assert (checkpoints / "checkpoint-4" / "trainer_state.json").is_file()
+    assert (checkpoints / f"checkpoint-{killed_at}" / "trainer_state.json").is_file()
     assert not sampled_run.artifact("train_log", 1).complete
 
     done = subprocess.run([sys.executable, "-c", "from savi_cli.main import app; app()", *dpo_args], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     manifest = sampled_run.artifact("train_log", 1).manifest()
-    assert manifest["notes"]["resumed_from_checkpoint"].endswith("checkpoint-4")  # not from scratch
+    assert manifest["notes"]["resumed_from_checkpoint"].endswith(f"checkpoint-{killed_at}")  # not from scratch
     assert [s.step for s in sampled_run.artifact("train_log", 1).read()] == list(range(1, 9))
-    assert not checkpoints.exists() and (sampled_run.round_dir(1) / "adapter" / "adapter_config.json").is_file()
+    adapter = sampled_run.round_dir(1) / "adapter"
+    assert not checkpoints.exists() and (adapter / "adapter_config.json").is_file()
+    trained = load_file(adapter / "adapter_model.safetensors")  # LoRA's B starts at zero: the steps are in it
+    assert any(name.endswith("lora_B.weight") and tensor.abs().sum() > 0 for name, tensor in trained.items())
 
 
 def test_filter_knows_its_clip_by_weights_not_by_path(sampled_run, tmp_path):
