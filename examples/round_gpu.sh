@@ -99,6 +99,12 @@ candidates = 1
 # Longer than the default 256: a 7B model's answers, with their reasoning, can run past 256 tokens, and a
 # cut-off answer makes a pair that teaches "finished beats truncated". Check with examples/queries/answers_cut_off.sql.
 max_new_tokens = 384
+# Temporal negatives (TimeWarp, TPO, TEMPLE) are not part of VideoSAVi, so they are off here. Uncommented, a
+# quarter of the questions is also answered from its frames reversed, and the true-order answer is preferred
+# (temporal:reverse pairs, never CLIP-scored): they teach order, which self-critique rarely fixes [recommended].
+# examples/queries/pairs_by_source.sql shows how many survive the filter.
+# temporal = ["reverse"]
+# temporal_share = 0.25
 
 [critique]
 # Critique, then revise; (revision > answer) is the pair: VideoSAVi v2/v3 [paper].

@@ -19,6 +19,7 @@ from savi_cli.commands import (
     eval,
     export,
     filter,
+    keyframes,
     query,
     report,
     round,
@@ -53,6 +54,7 @@ def main() -> None:
 app.command("sample")(sample.sample)
 app.command("round")(round.round_command)
 app.command("ask")(ask.ask)
+app.command("keyframes")(keyframes.keyframes)
 app.command("answer")(answer.answer)
 app.command("critique")(critique.critique)
 app.command("filter")(filter.filter)

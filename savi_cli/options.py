@@ -79,6 +79,12 @@ def with_settings(*classes: type, skip: tuple[str, ...] = ()) -> Callable[[Calla
     return decorate
 
 
+# The CLIP settings that only scoring pairs uses (`savi filter`): a command that uses CLIP to locate keyframes
+# takes its model and weights alone, and its device from savi.toml, since --device is the policy's there.
+CLIP_SCORING = tuple(f"ClipConfig.{name}" for name in ("pooling", "topk", "text_pooling", "frames", "device",
+                                                       "batch_size"))
+
+
 def flag_of(cls: type, field: dataclasses.Field) -> str:
     """The flag of a setting: the declared one (its first spelling, for a bool), else --prefix-field-name."""
     declared = field.metadata.get("flag")

@@ -8,6 +8,9 @@ the answer, the pair is still recorded, marked unusable with the reason.
 judge mode (VideoSAVi v1): the policy scores every candidate answer 1-5 for relevance, accuracy, temporal
 grounding and clarity, and each question's best answer is paired with its worst.
 
+Temporal negatives (answers from perturbed frames, `savi answer --temporal`) are not critiqued: each becomes a
+`temporal:<kind>` pair, its question's candidate 0 from the true frames chosen over it.
+
 Critiques are the resumable unit of work (one per answer). Once every answer is done, the candidate pairs are
 derived from them in one step, with no model call, into `candidates.parquet`, which `savi filter` reads.
 """
@@ -57,7 +60,8 @@ def run(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, *, pr
     adapter = adapter_for_round(run, round)
     prompt = load_prompts(prompts_dir)[cfg.mode]  # all of them: a misnamed override file is an error
     questions: dict[str, Question] = {q.question_id: q for q in run.artifact("questions", round).read()}
-    answers: list[Answer] = answers_art.read()
+    every_answer: list[Answer] = answers_art.read()
+    answers = [a for a in every_answer if a.perturbation is None]
     if cfg.mode == "judge" and max(Counter(a.question_id for a in answers).values(), default=0) < 2:
         raise SaviError("judge mode pairs the best and worst of several answers per question, but round "
                         f"{round} has one answer per question; run `savi answer --candidates 5 --force` first")
@@ -67,7 +71,7 @@ def run(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, *, pr
               "decoding": _decoding(cfg).record()}
     result = _critique_answers(run, round, cfg, model_cfg, adapter, prompt, answers, questions, params,
                                {"answers": file_sha256(answers_art.path)}, force, progress)
-    _write_candidates(run, round, cfg, answers, questions, params, force)
+    _write_candidates(run, round, cfg, every_answer, questions, params, force)
     return result
 
 
@@ -110,10 +114,14 @@ def _write_candidates(run: Run, round: int, cfg: CritiqueConfig, answers: list[A
     """The candidate pairs, a pure function of the critiques: rebuilt, with no model, whenever they change."""
     critiques_art, candidates_art = run.artifact("critiques", round), run.artifact("candidates", round)
     inputs = {"critiques": file_sha256(critiques_art.path)}
+    negatives = [a for a in answers if a.perturbation is not None]
+    if negatives:  # the temporal pairs come from the answers themselves
+        inputs["answers"] = file_sha256(run.artifact("answers", round).path)
     previous = candidates_art.manifest() if candidates_art.complete else None
     if previous is not None and previous["inputs"] == inputs and previous["params"] == params and not force:
         return
     pairs = derive_candidates(critiques_art.read(), {a.answer_id: a for a in answers}, questions, cfg)
+    pairs += temporal_candidates(answers, questions)
     writer = ArtifactWriter(candidates_art, params=params, inputs=inputs, force=True)
     for pair in pairs:
         writer.add(pair)
@@ -181,6 +189,25 @@ def derive_candidates(critiques: list[Critique], answers: dict[str, Answer], que
             critique_id=None, mode="judge", chosen_score=best.score, rejected_score=worst.score, usable=not tie,
             note="tie" if tie else None, prompt=rejected.prompt, chosen_finished=chosen.finished,
             rejected_finished=rejected.finished))
+    return pairs
+
+
+def temporal_candidates(answers: list[Answer], questions: dict[str, Question]) -> list[Candidate]:
+    """One `temporal:<kind>` pair per temporal negative: the question's candidate from the true frames at the same
+    temperature and sample index is chosen, the answer from the perturbed frames rejected."""
+    true = {(a.question_id, a.temperature, a.sample_index): a for a in answers if a.perturbation is None}
+    pairs = []
+    for negative in answers:
+        chosen = true.get((negative.question_id, negative.temperature, negative.sample_index))
+        if negative.perturbation is None or chosen is None:
+            continue
+        pairs.append(Candidate(
+            pair_id=fingerprint([chosen.answer_id, negative.answer_id, chosen.text, negative.text]),
+            video_id=chosen.video_id, question_id=chosen.question_id, question=questions[chosen.question_id].text,
+            chosen=chosen.text, rejected=negative.text, chosen_source=chosen.answer_id,
+            rejected_source=negative.answer_id, critique_id=None, mode=f"temporal:{negative.perturbation}",
+            chosen_score=None, rejected_score=None, usable=True, note=None, prompt=chosen.prompt,
+            chosen_finished=chosen.finished, rejected_finished=negative.finished))
     return pairs
 
 

@@ -3,8 +3,9 @@
 It writes the example videos (moving shapes, several containers, a rotated phone clip, a variable-frame-rate
 clip and a few broken files), a small benchmark in EgoSchema's format about other generated clips, a tiny
 random video model and a tiny random CLIP. It samples the videos into a run of its own workspace (so it never
-mixes with the user's runs) and runs two full rounds, each `savi round`'s work: questions, answers, critiques,
-CLIP filtering, 4-bit DPO, then eval of the new policy (and once, of the base model) on the benchmark.
+mixes with the user's runs) and runs two full rounds, each `savi round`'s work: questions, keyframes, answers from
+them (with temporal negatives for half of them), critiques, CLIP filtering, 4-bit DPO, then eval of the new policy
+(and once, of the base model) on the benchmark.
 
 The run's settings are an ordinary savi.toml, written once, so the demo doubles as an example of one. Everything
 it makes lives under one folder; running it again reuses what is there and redoes nothing.
@@ -44,8 +45,18 @@ workers = 2
 per_video = 2
 max_new_tokens = 32
 
+[keyframes]
+# SeViLA's localizer: the policy scores each of the 8 frames for each question; the best 4 are kept in order.
+localizer = "policy"
+top_k = 4
+
 [answer]
 max_new_tokens = 32
+# Answer from the keyframes. Temporal negatives: half the questions are also answered from their keyframes
+# reversed and shuffled, and the answer from the true order is preferred (temporal:reverse, temporal:shuffle).
+keyframes = true
+temporal = ["reverse", "shuffle"]
+temporal_share = 0.5
 
 [critique]
 max_new_tokens = 32

@@ -18,6 +18,14 @@ Two protocols:
   figure is measured this way: a fast diagnostic. Benchmarks whose options are whole replies (the world's) score
   each reply whole instead, one pass per option.
 
+`--keyframes K` answers each question from the K frames a localizer (`--localizer policy|clip`, as `savi
+keyframes` scores them) finds most relevant to it, in temporal order: SeViLA's localizer and answerer, without
+training. It is a table of its own, `<benchmark>@keyframes<K>-<localizer>`.
+
+`--perturb reverse|shuffle|drop` evaluates on each video's frames perturbed in time (`stages/core/temporal.py`,
+seeded by the video), into a table of its own, `<benchmark>@<kind>`, beside the true order's: the change between
+the two says whether the model reads time at all (`savi report`'s `vs true order`).
+
 Both use the benchmark's own prompt (lmms-eval's). Under lmms-eval the frames are those lmms-eval's path for the
 model's family decodes, at its pixel budget (`protocol.frame_indices`, `protocol.frame_size`); under likelihood
 they are sampled as `savi sample` does (uniform segment midpoints). Both keep to the question's time span where
@@ -48,6 +56,7 @@ from stages.benchmarks.protocol import (
     reply_tokens,
     system_message,
 )
+from stages.core.clip import ClipScorer
 from stages.core.errors import SaviError
 from stages.core.model import (
     Decoding,
@@ -59,8 +68,9 @@ from stages.core.model import (
     trained_adapter,
     trained_rounds,
 )
+from stages.core.prompts import Prompt, load_prompts
 from stages.core.records import EvalResult
-from stages.core.settings import EVAL_PROTOCOLS, EvalConfig, ModelConfig
+from stages.core.settings import EVAL_PROTOCOLS, LOCALIZERS, PERTURBATIONS, ClipConfig, EvalConfig, ModelConfig
 from stages.core.store import (
     DEFAULT_RUN,
     ArtifactWriter,
@@ -74,7 +84,9 @@ from stages.core.store import (
     ticker,
     write_json,
 )
+from stages.core.temporal import frame_order
 from stages.core.video import Sampling, VideoError, read_frame_folder, read_video
+from stages.keyframes import clip_scores, policy_scores, top_k
 
 MISSING_SHOWN = 5
 
@@ -101,22 +113,48 @@ class EvalOutcome:
     submission_path: Path | None
 
 
-def table_name(bench: Benchmark) -> str:
-    """`egoschema` for the default split, `egoschema-full` for another, so splits never share a table."""
+def table_name(bench: Benchmark, cfg: EvalConfig | None = None) -> str:
+    """`egoschema` for the default split, `egoschema-full` for another, so splits never share a table; keyframes
+    and a perturbation add theirs: `egoschema@keyframes4-clip`, `egoschema@reverse`."""
     default = BENCHMARKS[bench.name].default_split
-    return bench.name if bench.split == default else f"{bench.name}-{bench.split}"
+    name = bench.name if bench.split == default else f"{bench.name}-{bench.split}"
+    if cfg is not None and cfg.keyframes:
+        name += f"@keyframes{cfg.keyframes}-{cfg.localizer}"
+    if cfg is not None and cfg.perturb:
+        name += f"@{cfg.perturb}"
+    return name
 
 
-def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cfg: ModelConfig, *,
-        force: bool = False, progress: Progress | None = None) -> EvalOutcome:
+def true_order_table(table: str) -> str | None:
+    """The table a perturbed evaluation is compared with (`egoschema@reverse` -> `egoschema`); None if unperturbed."""
+    name, _, last = table.rpartition("@")
+    return name if name and last in PERTURBATIONS else None
+
+
+def evaluate(target: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cfg: ModelConfig,
+             clip_cfg: ClipConfig | None = None, *, force: bool = False,
+             progress: Progress | None = None) -> list[EvalOutcome]:
+    """`run` in the true order, then, with `cfg.perturb`, on the perturbed frames too: the perturbed figure means
+    something only beside the true one."""
+    orders = [dataclasses.replace(cfg, perturb=None)] + ([cfg] if cfg.perturb else [])
+    return [run(target, round, source, c, model_cfg, clip_cfg, force=force, progress=progress) for c in orders]
+
+
+def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cfg: ModelConfig,
+        clip_cfg: ClipConfig | None = None, *, force: bool = False, progress: Progress | None = None) -> EvalOutcome:
+    """Evaluate round `round`'s model on the benchmark into its table (`clip_cfg`: the CLIP of `--localizer
+    clip`)."""
     if cfg.protocol not in EVAL_PROTOCOLS:
         raise SaviError(f"unknown --protocol {cfg.protocol!r}: use {' or '.join(EVAL_PROTOCOLS)}")
     if round < 0:
         raise SaviError(f"--round must be 0 (the base model) or a trained round; got {round}")
+    if cfg.perturb is not None and cfg.perturb not in PERTURBATIONS:
+        raise SaviError(f"unknown --perturb {cfg.perturb!r}: use {', '.join(PERTURBATIONS)}")
     bench, items, present, missing = questions(source, cfg)
     adapter = trained_adapter(run, round)
 
-    name = table_name(bench)
+    name = table_name(bench, cfg)
+    localizer = Localizer.load(cfg, clip_cfg)
     family, penalty = None, 1.0
     if cfg.protocol == "lmms-eval":
         # lmms-eval's model paths never set a repetition penalty, so generate() applies the one the checkpoint
@@ -130,6 +168,10 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
     else:
         params["family"] = family
         params["decoding"] = _decoding(bench, cfg, family, penalty).record()
+    if cfg.perturb:
+        params.update(perturb=cfg.perturb, seed=model_cfg.seed)
+    if localizer:
+        params["keyframes"] = localizer.record()
     inputs = {"annotations": {p.name: file_sha256(p) for p in bench.sources}, "questions": len(items),
               "videos_found": len(present)}
     art = run.eval_artifact(name, round)
@@ -150,8 +192,12 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
         # Batches are cut from all the questions, as a run that was never interrupted cuts them: a question is
         # scored beside the same others (padded alike), so a resumed table holds the very same numbers.
         batches = list(pending_batches(ordered, model_cfg.batch_size, done))
-        for batch, videos in _decoded_batches(batches, cfg, lmms_eval_sampling(family, cfg.frames) if family else None):
-            for row in _answer(policy, batch, videos, cfg, bench, name, family, penalty):
+        sampling = lmms_eval_sampling(family, cfg.frames) if family else None
+        for batch, videos in _decoded_batches(batches, cfg, sampling, model_cfg.seed):
+            shown = {item.question_id: videos[_video_key(item)] for item in batch}
+            if localizer:
+                shown = localizer.keyframes(policy, batch, shown)
+            for row in _answer(policy, batch, shown, cfg, bench, name, family, penalty):
                 if writer.add(row):
                     tick()
     finally:
@@ -162,6 +208,7 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
     rows: list[EvalResult] = [r for r in writer.records() if r.question_id in current]
     summary = summarize(rows, bench, round, cfg.protocol, model_cfg.id, missing=len(missing))
     summary["frames"] = frames_used(cfg, family)
+    summary["perturb"] = cfg.perturb
     write_json(summary_path, summary)
     submission_path = _write_submission(art.path, bench, rows)
     counts = {k: summary[k] for k in COUNTED}
@@ -169,11 +216,12 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
     return EvalOutcome(name, result, summary, summary_path, submission_path)
 
 
-def rescore(run: Run, round: int, source: BenchmarkSource) -> EvalOutcome:
-    """Read the stored replies of a finished eval again with the current extractors and parser, and replace the
-    table and its summary once the new ones are whole. The model is not loaded, and no video is decoded."""
+def rescore(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig | None = None) -> EvalOutcome:
+    """Read the stored replies of a finished eval (the table `cfg`'s keyframes and perturbation name) again with the
+    current extractors and parser, and replace the table and its summary once the new ones are whole. The model is
+    not loaded, and no video is decoded."""
     bench = read_benchmark(source.name, source.data, source.split, source.videos)
-    name = table_name(bench)
+    name = table_name(bench, cfg)
     art = run.eval_artifact(name, round)
     if not art.complete:
         raise SaviError(f"run {run.name} has no finished {name} eval of round {round} to rescore; run `savi eval "
@@ -197,7 +245,7 @@ def rescore(run: Run, round: int, source: BenchmarkSource) -> EvalOutcome:
     before = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary = summarize(rows, bench, round, protocol, manifest["params"]["model"],
                         missing=before.get("missing_videos", 0))
-    summary["frames"] = before.get("frames")
+    summary["frames"], summary["perturb"] = before.get("frames"), before.get("perturb")
     write_json(summary_path, summary)
     submission_path = _write_submission(art.path, bench, rows)
     result = writer.finish_result(len(rows), {k: summary[k] for k in COUNTED}, notes={"rescored": True})
@@ -278,14 +326,19 @@ def lmms_eval_sampling(family: str, frames: int) -> Sampling:
 def frames_used(cfg: EvalConfig, family: str | None) -> str:
     """Which frames the model saw, for the summary."""
     if family is None:
-        return f"{cfg.frames} at uniform segment midpoints, longest side {cfg.max_side} px"
-    return f"lmms-eval's {family} path: up to {cfg.frames} frames at its pixel budget"
+        frames = f"{cfg.frames} at uniform segment midpoints, longest side {cfg.max_side} px"
+    else:
+        frames = f"lmms-eval's {family} path: up to {cfg.frames} frames at its pixel budget"
+    if cfg.keyframes:
+        frames += f", then the {cfg.keyframes} keyframes the {cfg.localizer} localizer finds for each question"
+    return f"{frames}, perturbed: {cfg.perturb}" if cfg.perturb else frames
 
 
-def _decoded_batches(batches: list[Sequence[EvalItem]], cfg: EvalConfig,
-                     sampling: Sampling | None) -> Iterator[tuple[Sequence[EvalItem], dict[str, Video | str]]]:
-    """The batches with their videos decoded, the next batch decoding in a thread while the model runs (decord
-    releases the GIL). A video that cannot be decoded maps to its error message."""
+def _decoded_batches(batches: list[Sequence[EvalItem]], cfg: EvalConfig, sampling: Sampling | None,
+                     seed: int) -> Iterator[tuple[Sequence[EvalItem], dict[str, Video | str]]]:
+    """The batches with their videos decoded (and perturbed, with `cfg.perturb`, seeded by the clip), the next
+    batch decoding in a thread while the model runs (decord releases the GIL). A video that cannot be decoded
+    maps to its error message."""
     def decode(batch: Sequence[EvalItem]) -> dict[str, Video | str]:
         videos: dict[str, Video | str] = {}
         for item in batch:
@@ -295,6 +348,10 @@ def _decoded_batches(batches: list[Sequence[EvalItem]], cfg: EvalConfig,
                     videos[key] = decode_item(item, cfg, sampling)
                 except VideoError as e:
                     videos[key] = str(e)
+                    continue
+                if cfg.perturb:
+                    clip = f"{seed}:{item.video_name}|{item.start_s}|{item.end_s}"  # not the path: any machine
+                    videos[key] = videos[key].reordered(frame_order(cfg.perturb, len(videos[key].frames), clip))
         return videos
 
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -303,6 +360,53 @@ def _decoded_batches(batches: list[Sequence[EvalItem]], cfg: EvalConfig,
             videos = ahead.result()
             ahead = pool.submit(decode, batches[k + 1]) if k + 1 < len(batches) else None
             yield batch, videos
+
+
+@dataclass(frozen=True)
+class Localizer:
+    """`--keyframes K`: each question's K most relevant frames, in temporal order, scored as `savi keyframes`
+    scores a run's frames (`stages/keyframes.py`): by the policy, or by CLIP on the frames just decoded."""
+
+    top_k: int
+    kind: str  # "policy" or "clip"
+    prompt: Prompt | None = None  # the policy's
+    scorer: ClipScorer | None = None  # CLIP's
+
+    @classmethod
+    def load(cls, cfg: EvalConfig, clip_cfg: ClipConfig | None) -> Localizer | None:
+        """The localizer `cfg` asks for (None without --keyframes); CLIP is loaded now, so a bad one fails first."""
+        if not cfg.keyframes:
+            return None
+        if cfg.localizer not in LOCALIZERS:
+            raise SaviError(f"unknown --localizer {cfg.localizer!r}: use {' or '.join(LOCALIZERS)}")
+        if cfg.localizer == "clip":
+            return cls(cfg.keyframes, "clip", scorer=ClipScorer.load(clip_cfg or ClipConfig()))
+        return cls(cfg.keyframes, "policy", prompt=load_prompts()["keyframes"])
+
+    def record(self) -> dict[str, Any]:
+        """What chose the frames, as the table's parameters record it."""
+        made_by = {"clip": self.scorer.fingerprint} if self.scorer else {"prompt_version": self.prompt.version}
+        return {"top_k": self.top_k, "localizer": self.kind, **made_by}
+
+    def keyframes(self, policy: Policy, batch: Sequence[EvalItem],
+                  shown: dict[str, Video | str]) -> dict[str, Video | str]:
+        """`shown` with each decoded video cut to its question's keyframes."""
+        ready = [item for item in batch if isinstance(shown[item.question_id], Video)]
+        if self.kind == "policy":
+            scores = policy_scores(policy, self.prompt, [shown[i.question_id] for i in ready],
+                                   [i.question for i in ready])
+        else:
+            embedded: dict[str, np.ndarray] = {}  # a clip's frames are embedded once for all its questions
+            scores = []
+            for item in ready:
+                key = _video_key(item)
+                if key not in embedded:
+                    embedded[key] = self.scorer.encode_frames(shown[item.question_id].frames)
+                scores.append(clip_scores(self.scorer, embedded[key], item.question))
+        cut = dict(shown)
+        for item, frame_scores in zip(ready, scores):
+            cut[item.question_id] = shown[item.question_id].reordered(top_k(frame_scores, self.top_k))
+        return cut
 
 
 def _video_key(item: EvalItem) -> str:
@@ -329,10 +433,11 @@ def _decoding(bench: Benchmark, cfg: EvalConfig, family: str, repetition_penalty
                     repetition_penalty=repetition_penalty)
 
 
-def _answer(policy: Policy, batch: Sequence[EvalItem], videos: dict[str, Video | str], cfg: EvalConfig,
+def _answer(policy: Policy, batch: Sequence[EvalItem], shown: dict[str, Video | str], cfg: EvalConfig,
             bench: Benchmark, table: str, family: str | None, penalty: float) -> list[EvalResult]:
-    """One row per item: scored or generated together where the video decoded, an error row where it did not."""
-    ok = [i for i in batch if isinstance(videos[_video_key(i)], Video)]
+    """One row per item: scored or generated together where the video decoded, an error row where it did not.
+    `shown` holds what each question is asked about, by question id: its frames, or why there are none."""
+    ok = [i for i in batch if isinstance(shown[i.question_id], Video)]
     answers: dict[str, tuple[Reading, Reading, str, list[float]]] = {}
     if ok and cfg.protocol == "likelihood":
         # Benchmarks whose options are whole replies score them whole; the others score each option's label.
@@ -340,11 +445,11 @@ def _answer(policy: Policy, batch: Sequence[EvalItem], videos: dict[str, Video |
         by_label = [i for i in ok if not i.replies]
         scores = {}
         if whole:
-            scored = policy.score_replies([videos[_video_key(i)] for i in whole], [i.prompt for i in whole],
+            scored = policy.score_replies([shown[i.question_id] for i in whole], [i.prompt for i in whole],
                                           [i.replies for i in whole])
             scores.update(zip([i.question_id for i in whole], scored))
         if by_label:
-            scored = policy.score_labels([videos[_video_key(i)] for i in by_label], [i.prompt for i in by_label],
+            scored = policy.score_labels([shown[i.question_id] for i in by_label], [i.prompt for i in by_label],
                                          [labels(i) for i in by_label])
             scores.update(zip([i.question_id for i in by_label], scored))
         for item in ok:
@@ -352,8 +457,8 @@ def _answer(policy: Policy, batch: Sequence[EvalItem], videos: dict[str, Video |
             best = Reading(int(np.argmax(option_scores)), "likelihood", None)
             answers[item.question_id] = (best, best, "", option_scores)
     elif ok:
-        replies = policy.generate([videos[_video_key(i)] for i in ok], [i.family_prompts.get(family, i.prompt)
-                                                                        for i in ok],
+        replies = policy.generate([shown[i.question_id] for i in ok],
+                                  [i.family_prompts.get(family, i.prompt) for i in ok],
                                   keys=[i.question_id for i in ok], decoding=_decoding(bench, cfg, family, penalty),
                                   system=system_message(family))
         for item, reply in zip(ok, replies):
@@ -361,7 +466,7 @@ def _answer(policy: Policy, batch: Sequence[EvalItem], videos: dict[str, Video |
 
     rows = []
     for item in batch:
-        video = videos[_video_key(item)]
+        video = shown[item.question_id]
         unread = Reading(None, None, None)
         reading, strict, response, option_scores = answers.get(item.question_id, (unread, unread, "", []))
         rows.append(EvalResult(
@@ -371,6 +476,8 @@ def _answer(policy: Policy, batch: Sequence[EvalItem], videos: dict[str, Video |
             option_scores=[round(s, 5) for s in option_scores],
             num_frames=0 if isinstance(video, str) else len(set(video.indices)),
             error=video if isinstance(video, str) else None, model=policy.name,
+            frame_order=[] if isinstance(video, str) else video.order,
+            localizer=cfg.localizer if cfg.keyframes and not isinstance(video, str) else None,
             **_scored(item, reading, strict, decoded=not isinstance(video, str))))
     return rows
 

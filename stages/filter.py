@@ -17,6 +17,12 @@ Rules, in order; the first that applies names the pair's drop reason:
    pairs backwards. In critique mode the scores are recorded (for `--loss clip-weighted` and for inspection).
 7. `low_clip_margin`: after any swap, chosen-minus-rejected CLIP score below `min_clip_margin` (unset: no drop).
 
+Temporal pairs (`temporal:<kind>`, `savi answer --temporal`) pass rules 1-5, except that two texts at least
+`near_duplicate` similar are dropped as `temporal_same`: the perturbed frames did not change the answer, so the
+model did not use the order there. They skip rules 6-7 and are not CLIP-scored: a mean over frame embeddings is the
+same for every order of the frames, so CLIP cannot say which text the true order grounds (the manifest's notes say
+so, and count them as `temporal_unscored`); `--loss clip-weighted` trains them as plain DPO (a gap of 0).
+
 CLIP scores only the pairs that survive rules 1-5. Frame embeddings come from the run's cache (`stages/core/clip.py`),
 so every round after the first, and eval, pays only for the text. `--clip-frames grid` scores each text against the
 video's frames tiled in time order, which sees the direction of motion that a pooled per-frame score cannot; it is
@@ -59,11 +65,15 @@ def text_rule(pair: Candidate, cfg: FilterConfig) -> str | None:
     if not pair.chosen.strip() or not pair.rejected.strip():
         return "empty_text"
     if similarity(pair.chosen, pair.rejected) >= cfg.near_duplicate:
-        return "near_duplicate"
+        return "temporal_same" if is_temporal(pair.mode) else "near_duplicate"
     shorter, longer = sorted((len(pair.chosen), len(pair.rejected)))
     if longer > cfg.max_length_ratio * shorter:
         return "length_ratio"
     return None
+
+
+def is_temporal(mode: str) -> bool:
+    return mode.startswith("temporal:")
 
 
 def may_swap(mode: str, cfg: FilterConfig) -> bool:
@@ -109,11 +119,11 @@ def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force:
     try:
         for pair in todo:
             reason = text_rule(pair, cfg)
-            if reason is None:
+            if reason is None and not is_temporal(pair.mode):
                 to_score.append(pair)
                 continue
             writer.add(Pair(pair.pair_id, pair.video_id, pair.question_id, pair.question, pair.chosen,
-                            pair.rejected, None, None, False, pair.mode, kept=False, drop_reason=reason,
+                            pair.rejected, None, None, False, pair.mode, kept=reason is None, drop_reason=reason,
                             prompt=pair.prompt))
             tick()
         if to_score:
@@ -133,12 +143,19 @@ def run(run: Run, round: int, cfg: FilterConfig, clip_cfg: ClipConfig, *, force:
     dropped = Counter(p.drop_reason for p in rows if not p.kept)
     counts = {"candidates": len(rows), "kept": sum(p.kept for p in rows),
               "clip_scored": sum(p.chosen_clip is not None for p in rows), "swapped": sum(p.swapped for p in rows),
-              **{f"dropped_{reason}": n for reason, n in sorted(dropped.items())}}
+              **{f"dropped_{reason}": n for reason, n in sorted(dropped.items())},
+              "kept_by_source": dict(sorted(Counter(p.mode for p in rows if p.kept).items()))}
+    notes = {}
+    temporal = [p for p in rows if is_temporal(p.mode)]
+    if temporal:
+        counts["temporal_unscored"] = len(temporal)
+        notes["temporal"] = ("temporal pairs are not scored by CLIP, and never swapped: a mean over frame embeddings "
+                             "is the same for every order of the frames")
     questions = run.artifact("questions", round)
     agreement = judge_agreement(rows, questions.read() if questions.complete else [])
     if agreement:
         counts["judge_agreement"] = agreement
-    return writer.finish_result(len(todo), counts, keep=current)
+    return writer.finish_result(len(todo), counts, keep=current, notes=notes or None)
 
 
 # An option letter and its text, as benchmarks write them: "B. right", "B) right", "(B) right", "B: right".

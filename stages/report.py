@@ -8,7 +8,10 @@ parser (blank under likelihood, where nothing is parsed). A change is measured o
 answered, paired by question id, on the options the protocol read (a reply lmms-eval would answer at random
 counts as wrong there), and carries the exact McNemar p-value of those pairs; at p >= 0.05 it is
 labelled `noise`: a change that size happens by chance when the two models are equally good. `chance` is what
-guessing scores: the mean over the questions of 1 / (number of options).
+guessing scores: the mean over the questions of 1 / (number of options). A table evaluated on frames perturbed in
+time (`savi eval --perturb`, `<benchmark>@<kind>`) has `vs true order`: its change from the same round's
+evaluation in the true order, measured the same way. A model that reads time loses accuracy there; one that
+ignores it loses nothing.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from typing import Any
 from stages.core.errors import SaviError
 from stages.core.stats import discordant, mcnemar_exact, wilson_interval
 from stages.core.store import Artifact, Run, atomic_path
-from stages.eval import summaries
+from stages.eval import summaries, true_order_table
 
 SIGNIFICANCE = 0.05  # a change with a McNemar p-value at or above this is within the noise
 
 COLUMNS = ["benchmark", "protocol", "round", "questions", "accuracy", "95% CI", "strict", "chance", "vs round 0",
-           "vs previous"]
+           "vs previous", "vs true order"]
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,20 @@ def build(run: Run) -> Report:
             strict = None if protocol == "likelihood" else _percent(s.get("strict_accuracy"))
             rows.append([table, protocol, r, s["questions"], _percent(s["accuracy"]),
                          _interval_text(interval[table].get(r)), strict, _percent(chance[table]), vs_base,
-                         vs_previous])
-    return Report(rounds, list(COLUMNS), rows, accuracy, interval, chance)
+                         vs_previous, true_order_change(run, table, r)])
+    columns = list(COLUMNS)
+    if not any(true_order_table(table) for table in accuracy):  # no perturbed evaluation: no column for one
+        columns, rows = columns[:-1], [row[:-1] for row in rows]
+    return Report(rounds, columns, rows, accuracy, interval, chance)
+
+
+def true_order_change(run: Run, table: str, round: int) -> str | None:
+    """For a perturbed evaluation, its change from the same round's evaluation in the true order (as `_change`
+    writes it); None for a table in the true order, or when that evaluation is not there."""
+    true_table = true_order_table(table)
+    if true_table is None or not run.eval_artifact(true_table, round).complete:
+        return None
+    return _change(_scored(run.eval_artifact(true_table, round)), _scored(run.eval_artifact(table, round)))
 
 
 def _scored(art: Artifact) -> Scored:

@@ -1,11 +1,12 @@
-"""One round, end to end: ask, answer, critique, filter, dpo, then eval of the new policy.
+"""One round, end to end: ask, [keyframes], answer, critique, filter, dpo, then eval of the new policy.
 
 `savi round R` calls the same stage functions as the stage commands, in order, so whatever is already finished
 (by `savi round`, by a stage command, or by a run that was killed) is skipped, and whatever was interrupted is
 resumed. Nothing here knows how a stage works; it only decides what runs with which settings.
 
-Settings: each stage has a section in the run's savi.toml (`[ask]`, `[answer]`, `[critique]`, `[filter]`,
-`[clip]`, `[dpo]`, `[eval]`, `[model]`), and `[benchmarks]` names what eval reads:
+Settings: each stage has a section in the run's savi.toml (`[ask]`, `[keyframes]`, `[answer]`, `[critique]`,
+`[filter]`, `[clip]`, `[dpo]`, `[eval]`, `[model]`), and `[benchmarks]` names what eval reads. The keyframes
+stage runs when `[answer] keyframes = true` asks for its frames.
 
     [benchmarks]
     egoschema = "/data/egoschema"
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from stages import answer, ask, critique, dpo
+from stages import answer, ask, critique, dpo, keyframes
 from stages import eval as eval_stage
 from stages import filter as filter_stage
 from stages.core.config import CONFIG_NAME, read_config, resolve, resolve_model
@@ -36,17 +37,19 @@ from stages.core.settings import (
     CritiqueConfig,
     EvalConfig,
     FilterConfig,
+    KeyframesConfig,
     ModelConfig,
     SampleConfig,
     TrainConfig,
 )
 from stages.core.store import Run, StageResult, atomic_path
 from stages.eval import BenchmarkSource, EvalOutcome
+from stages.report import true_order_change
 
 # The settings a round runs with, by their savi.toml section ([model] is resolved apart: it is settled).
-SECTIONS: dict[str, type] = {cls.SECTION: cls for cls in (AskConfig, AnswerConfig, CritiqueConfig, FilterConfig,
-                                                           ClipConfig, TrainConfig, EvalConfig)}
-STAGES = ("ask", "answer", "critique", "filter", "dpo", "eval")
+SECTIONS: dict[str, type] = {cls.SECTION: cls for cls in (AskConfig, KeyframesConfig, AnswerConfig, CritiqueConfig,
+                                                           FilterConfig, ClipConfig, TrainConfig, EvalConfig)}
+STAGES = ("ask", "keyframes", "answer", "critique", "filter", "dpo", "eval")
 
 RoundProgress = Callable[[str, str], Callable[[int], Callable[[], None]]]  # (stage, unit) -> progress callback
 
@@ -55,6 +58,7 @@ RoundProgress = Callable[[str, str], Callable[[int], Callable[[], None]]]  # (st
 class RoundConfig:
     model: ModelConfig
     ask: AskConfig
+    keyframes: KeyframesConfig
     answer: AnswerConfig
     critique: CritiqueConfig
     filter: FilterConfig
@@ -168,6 +172,10 @@ def run_round(run: Run, round: int, cfg: RoundConfig, *, redo: str | None = None
     done: dict[str, StageResult] = {}
     say(f"round {round}: ask")
     done["ask"] = ask.run(run, round, cfg.ask, model, force=force["ask"], progress=bar("ask", "video"))
+    if cfg.answer.keyframes:
+        say(f"round {round}: keyframes")
+        done["keyframes"] = keyframes.run(run, round, cfg.keyframes, model, cfg.clip, force=force["keyframes"],
+                                          progress=bar("keyframes", "question"))
     say(f"round {round}: answer")
     done["answer"] = answer.run(run, round, cfg.answer, model, force=force["answer"],
                                 progress=bar("answer", "answer"))
@@ -183,16 +191,21 @@ def run_round(run: Run, round: int, cfg: RoundConfig, *, redo: str | None = None
     evals = []
     for source in cfg.benchmarks:
         # The base model is the yardstick of every later round: evaluate it once, the first time it is needed.
-        outcomes: dict[int, EvalOutcome] = {}
+        # With [eval] perturb, each round is evaluated on the perturbed frames too (after the true order).
+        outcomes: dict[int, list[EvalOutcome]] = {}
         for r in sorted({0, round - 1, round}):
             say(f"eval {source.name}: round {r}" + (" (the base model)" if r == 0 else ""))
-            outcomes[r] = eval_stage.run(run, r, source, cfg.eval, model, force=force["eval"] and r == round,
-                                         progress=bar(f"eval {source.name}", "question"))
-        now = outcomes[round]
-        evals.append({"table": now.table, "accuracy": now.summary["accuracy"],
-                      "base": outcomes[0].summary["accuracy"], "previous": outcomes[round - 1].summary["accuracy"],
-                      "questions": now.summary["questions"], "line": eval_stage.summary_line(now.summary)})
-        done[f"eval {now.table}"] = now.result
+            outcomes[r] = eval_stage.evaluate(run, r, source, cfg.eval, model, cfg.clip,
+                                              force=force["eval"] and r == round,
+                                              progress=bar(f"eval {source.name}", "question"))
+        for k, now in enumerate(outcomes[round]):
+            drop = true_order_change(run, now.table, round)
+            line = eval_stage.summary_line(now.summary) + (f"; vs the true order {drop}" if drop else "")
+            evals.append({"table": now.table, "accuracy": now.summary["accuracy"],
+                          "base": outcomes[0][k].summary["accuracy"],
+                          "previous": outcomes[round - 1][k].summary["accuracy"],
+                          "questions": now.summary["questions"], "line": line})
+            done[f"eval {now.table}"] = now.result
     return RoundSummary(round, config_path, done, evals)
 
 
@@ -203,7 +216,15 @@ def describe(summary: RoundSummary) -> list[str]:
     ask_c, answer_c, critique_c, filter_c, dpo_c = (c[s] for s in ("ask", "answer", "critique", "filter", "dpo"))
     lines.append(f"  ask       {ask_c['questions']} questions about {ask_c['videos']} videos"
                  f" ({ask_c['parse_failures']} unparsed generations)")
-    lines.append(f"  answer    {answer_c['answers']} answers ({answer_c['cut_off']} cut off at the token limit)")
+    if "keyframes" in c:
+        k = c["keyframes"]
+        lines.append(f"  keyframes {k['keyframes']} of {k['frames_scored']} frames kept for {k['questions']} "
+                     f"questions ({k['localizer']} localizer)")
+    temporal = answer_c.get("temporal", {})
+    kinds = ", ".join(f"{kind} {n}" for kind, n in temporal.items())
+    negatives = f"{sum(temporal.values())} from perturbed frames: {kinds}; " if temporal else ""
+    lines.append(f"  answer    {answer_c['answers']} answers ({negatives}{answer_c['cut_off']} cut off at the token "
+                 "limit)")
     if "judged" in critique_c:
         lines.append(f"  critique  {critique_c['judged']} answers judged, {critique_c['scored']} scored")
     else:
@@ -214,6 +235,9 @@ def describe(summary: RoundSummary) -> list[str]:
     swap_rate = f" ({100 * filter_c['swapped'] / scored:.0f}%)" if scored else ""
     lines.append(f"  filter    kept {filter_c['kept']} of {filter_c['candidates']} pairs; CLIP swapped "
                  f"{filter_c['swapped']} of {scored} scored{swap_rate}; dropped: {dropped}")
+    by_source = filter_c.get("kept_by_source", {})
+    if any(source.startswith("temporal:") for source in by_source):
+        lines.append("            kept by source: " + ", ".join(f"{source} {n}" for source, n in by_source.items()))
     accuracy = dpo_c.get("final_reward_accuracy")
     lines.append(f"  dpo       {dpo_c['steps']} steps on {dpo_c['pairs']} pairs; reward accuracy on them "
                  f"{'n/a' if accuracy is None else f'{accuracy:.2f}'}")

@@ -1,6 +1,6 @@
 """Tables and adapters that tests put in a run by hand, where the stage that makes them is not under test."""
 
-from stages.core.records import Pair
+from stages.core.records import Pair, Question
 from stages.core.store import ArtifactWriter
 
 
@@ -15,6 +15,23 @@ def save_random_adapter(run, round, tiny_model):
                            LoraConfig(r=4, lora_alpha=64, init_lora_weights=False,
                                       target_modules=r".*language_model.*\.(q_proj|v_proj|o_proj)"))
     model.save_pretrained(run.round_dir(round) / "adapter")
+
+
+def write_questions(run, round, questions):
+    """The round's questions, one item per video, as `savi ask` writes them."""
+    writer = ArtifactWriter(run.artifact("questions", round), params={}, inputs={})
+    for video_id in sorted({q.video_id for q in questions}):
+        writer.add_item(video_id, [q for q in questions if q.video_id == video_id])
+    writer.finish()
+
+
+def ask_about_each_video(run, round, n, kind, text):
+    """`n` questions of one kind, "text (i)", spread over the run's videos, written as round `round`'s."""
+    videos = [s.video_id for s in run.artifact("samples").read()]
+    asked = [Question(f"q{i}", videos[i % len(videos)], kind, f"{text} ({i})", "json", "ask/1", "test")
+             for i in range(n)]
+    write_questions(run, round, asked)
+    return asked
 
 
 def write_pairs(run, round, n=4, prompt=""):

@@ -113,6 +113,11 @@ def test_demo_runs_two_full_rounds_with_eval_and_ends_with_the_report(tmp_path):
     assert result.exit_code == 0, result.output
     assert "phone_rotated.mp4  ok" in result.stdout and "empty.mp4          error   empty file" in result.stdout
     assert "round 1 done" in result.stdout and "round 2 done" in result.stdout
+    # Keyframes and temporal negatives are on in the demo: the summary counts the keyframes, the answers from
+    # reversed and shuffled frames, and the pairs kept from them.
+    assert result.stdout.count("  keyframes 56 of 112 frames kept for 14 questions (policy localizer)") == 2
+    assert result.stdout.count(" from perturbed frames: reverse ") == 2
+    assert "kept by source: critique " in result.stdout and "temporal:reverse " in result.stdout
     shown = result.stdout.split("savi report --run demo")[1]
     assert "round  questions  accuracy  95% CI" in shown
     assert [line.split()[2] for line in shown.splitlines() if line.startswith("egoschema")] == ["0", "1", "2"]

@@ -134,6 +134,55 @@ def test_round_0_and_round_1_through_the_cli_then_report(tiny_model, tmp_path, w
     assert rows == [(0, 4, sum(r.correct for r in r0)), (1, 4, sum(r.correct for r in r1))]
 
 
+def test_perturb_evaluates_the_true_order_then_the_reversed_frames_and_reports_the_change(tiny_model, tmp_path,
+                                                                                           workspace, monkeypatch):
+    from stages.core import model as model_runtime
+
+    received = []  # every video the processor was given, as given
+    real_inputs = model_runtime.processor_inputs
+
+    def spy(processor, videos, texts):
+        received.extend(v.frames.copy() for v in videos)
+        return real_inputs(processor, videos, texts)
+
+    monkeypatch.setattr(model_runtime, "processor_inputs", spy)
+    data = write_benchmark("egoschema", tmp_path, questions=6)
+    result = runner.invoke(app, ["eval", "egoschema", "--data", str(data), "--run", "t", "--frames", "4",
+                                 "--protocol", "likelihood", "--model", str(tiny_model()), "--round", "0",
+                                 "--perturb", "reverse"])
+    assert result.exit_code == 0, result.output
+    assert [line.rsplit("/", 1)[1] for line in result.stdout.split()] == ["egoschema.parquet",
+                                                                         "egoschema@reverse.parquet"]
+    assert "egoschema@reverse round 0: likelihood accuracy" in result.stderr
+    assert "vs the true order " in result.stderr
+
+    run = open_run("t")
+    true_rows = {r.question_id: r for r in run.eval_artifact("egoschema", 0).read()}
+    reversed_rows = {r.question_id: r for r in run.eval_artifact("egoschema@reverse", 0).read()}
+    assert true_rows.keys() == reversed_rows.keys() and len(true_rows) == 4
+    assert all(r.frame_order == [] for r in true_rows.values())
+    assert all(r.frame_order == [3, 2, 1, 0] for r in reversed_rows.values())  # recorded
+    assert any(true_rows[q].option_scores != reversed_rows[q].option_scores for q in true_rows)
+    # The model really received each clip's frames back to front.
+    cfg = eval_stage.EvalConfig(frames=4)
+    for item in read_benchmark("egoschema", data).items:
+        if item.question_id in true_rows:
+            frames = eval_stage.decode_item(item, cfg).frames
+            assert any(np.array_equal(f, frames[::-1]) for f in received)
+            assert not np.array_equal(frames, frames[::-1])
+
+    report = runner.invoke(app, ["report", "--run", "t", "--format", "json"])
+    assert report.exit_code == 0, report.output
+    rows = {row["benchmark"]: row for row in json.loads(report.stdout)}
+    accuracy = {name: sum(r.correct for r in table.values()) / 4 for name, table in
+                (("egoschema", true_rows), ("egoschema@reverse", reversed_rows))}
+    change = 100 * (accuracy["egoschema@reverse"] - accuracy["egoschema"])
+    assert rows["egoschema@reverse"]["vs true order"].startswith(f"{change:+.1f} (p=")
+    assert rows["egoschema"]["vs true order"] is None
+    summary = json.loads((run.round_dir(0) / "eval" / "egoschema@reverse.summary.json").read_text())
+    assert summary["perturb"] == "reverse" and summary["frames"].endswith("perturbed: reverse")
+
+
 def test_report_without_evaluations_says_what_to_run(tiny_model, sampled_run):
     result = runner.invoke(app, ["report", "--run", "t"])
     assert result.exit_code == 1 and "has no evaluations yet" in result.stderr and "--round 0" in result.stderr

@@ -31,6 +31,8 @@ EXPECTED_COLUMNS = {
     "answers_cut_off.sql": ["run", "round", "answers", "cut_off", "cut_off_share", "mean_tokens", "p95_tokens",
                             "max_tokens", "kept_pairs_with_cut_off"],
     "critique_error_types.sql": ["run", "round", "error_type", "critiques", "share_of_critiques"],
+    "pairs_by_source.sql": ["run", "round", "source", "pairs", "kept", "kept_share", "temporal_same",
+                            "commonest_drop"],
 }
 
 

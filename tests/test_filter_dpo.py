@@ -125,6 +125,35 @@ def test_filter_stage_scores_with_clip_and_keeps_every_drop_with_its_reason(samp
     assert filter_stage.run(sampled_run, 1, FILTER, tiny_clip).up_to_date
 
 
+def test_temporal_pairs_skip_clip_and_drop_when_the_perturbed_answer_is_the_same(sampled_run, tiny_clip,
+                                                                                 tiny_model):
+    videos = [s.video_id for s in sampled_run.artifact("samples").read()]
+    write_candidates(sampled_run, 1, [
+        candidate("moved", chosen="The square moves to the right.", rejected="The square moves to the left.",
+                  mode="temporal:reverse", video_id=videos[0]),
+        candidate("same", chosen="The square moves to the right.", rejected="The square moves to the right!",
+                  mode="temporal:shuffle", video_id=videos[1]),
+        candidate("cut", chosen="It moves right.", rejected="It moves right, then it stops in the middle.",
+                  mode="temporal:drop", video_id=videos[2], chosen_finished=True, rejected_finished=False),
+        candidate("critiqued", video_id=videos[2])])
+    # Even with swapping on for every pair, CLIP never scores or swaps a temporal pair: it cannot see order.
+    result = filter_stage.run(sampled_run, 1, filter_stage.FilterConfig(swap="on", swap_margin=-1.0), tiny_clip)
+    rows = {p.pair_id: p for p in sampled_run.artifact("pairs", 1).read()}
+    moved = rows["moved"]
+    assert (moved.kept, moved.swapped, moved.chosen_clip, moved.chosen) == \
+        (True, False, None, "The square moves to the right.")
+    assert (rows["same"].kept, rows["same"].drop_reason) == (False, "temporal_same")
+    assert rows["cut"].drop_reason == "cut_off"  # the text rules hold for temporal pairs too
+    assert rows["critiqued"].chosen_clip is not None and rows["critiqued"].swapped  # a margin of -1 always swaps
+    assert result.counts["kept_by_source"] == {"critique": 1, "temporal:reverse": 1}
+    assert result.counts["temporal_unscored"] == 3 and result.counts["dropped_temporal_same"] == 1
+    notes = sampled_run.artifact("pairs", 1).manifest()["notes"]
+    assert "order of the frames" in notes["temporal"]
+
+    trained = dpo.run(sampled_run, 1, train_cfg(max_steps=1), ModelConfig(id=str(tiny_model())))
+    assert trained.counts["pairs"] == 2 and trained.counts["steps"] == 1
+
+
 def test_export_writes_trl_and_jsonl(sampled_run, tiny_clip, tmp_path):
     from datasets import load_from_disk
 

@@ -10,6 +10,7 @@ import dataclasses
 
 import pyarrow.parquet as pq
 import pytest
+from builders import write_questions
 
 from stages import filter as filter_stage
 from stages.core.clip import ClipConfig
@@ -32,13 +33,6 @@ def videos(sampled_run) -> list[str]:
 
 def question(question_id, video_id, kind, truth=None):
     return Question(question_id, video_id, kind, f"{question_id}?", "json", "ask/1", "world", truth=truth)
-
-
-def write_questions(run, round, questions):
-    writer = ArtifactWriter(run.artifact("questions", round), params={}, inputs={})
-    for video_id in sorted({q.video_id for q in questions}):  # one item per video, as `savi ask` writes them
-        writer.add_item(video_id, [q for q in questions if q.video_id == video_id])
-    writer.finish()
 
 
 def candidate(pair_id, q, chosen, rejected, mode="critique", usable=True, note=None):

@@ -7,7 +7,7 @@ import pytest
 import typer.main
 
 from savi_cli.main import app
-from savi_cli.options import flag_of
+from savi_cli.options import CLIP_SCORING, flag_of
 from stages.core.config import resolve
 from stages.core.settings import (
     SECTIONS,
@@ -17,11 +17,15 @@ from stages.core.settings import (
     CritiqueConfig,
     EvalConfig,
     FilterConfig,
+    KeyframesConfig,
     ModelConfig,
     SampleConfig,
     TrainConfig,
     default_text,
 )
+
+# The CLIP settings a keyframe localizer leaves out (--device among them: there it is the policy's).
+CLIP_SCORING_FIELDS = tuple(name.removeprefix("ClipConfig.") for name in CLIP_SCORING)
 
 # Each command and the settings it takes as flags (with the ones it leaves out, and why, in the command).
 COMMANDS = {
@@ -31,7 +35,8 @@ COMMANDS = {
     "critique": [(CritiqueConfig, ()), (ModelConfig, ())],
     "filter": [(FilterConfig, ()), (ClipConfig, ())],
     "dpo": [(TrainConfig, ()), (ModelConfig, ("load_in_4bit", "batch_size"))],
-    "eval": [(EvalConfig, ()), (ModelConfig, ("seed",))],
+    "eval": [(EvalConfig, ()), (ModelConfig, ("seed",)), (ClipConfig, CLIP_SCORING_FIELDS)],
+    "keyframes": [(KeyframesConfig, ()), (ModelConfig, ()), (ClipConfig, CLIP_SCORING_FIELDS)],
     "round": [(ModelConfig, ())],
 }
 

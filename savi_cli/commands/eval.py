@@ -4,15 +4,17 @@ from typing import Annotated
 import typer
 
 from savi_cli.errors import user_errors
-from savi_cli.options import ForceOpt, WorkspaceOpt, with_settings
+from savi_cli.options import CLIP_SCORING, ForceOpt, WorkspaceOpt, with_settings
 from savi_cli.progress import progress_bar
-from stages.core.settings import EvalConfig, ModelConfig
+from stages.core.settings import ClipConfig, EvalConfig, ModelConfig
 
 BENCHMARK_NAMES = "egoschema, mvbench, nextqa, perceptiontest, tempcompass, longvideobench, videomme, world"
 
 
 @user_errors
-@with_settings(EvalConfig, ModelConfig, skip=("ModelConfig.seed",))  # greedy: nothing is sampled
+# Greedy: nothing is sampled (no --seed). Of CLIP, which only --localizer clip uses, the model and weights: its
+# scoring settings are `savi filter`'s, and its device follows savi.toml (--device is the policy's).
+@with_settings(EvalConfig, ModelConfig, ClipConfig, skip=("ModelConfig.seed", *CLIP_SCORING))
 def eval_command(
     benchmark: Annotated[str, typer.Argument(help=f"Benchmark: {BENCHMARK_NAMES}.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", "-d", help="The benchmark as downloaded: its folder (or "
@@ -38,11 +40,17 @@ def eval_command(
 
     Writes one row per question to round=R/eval/BENCH.parquet, the accuracy (overall and per category) to
     BENCH.summary.json, and for hidden-answer splits the leaderboard's submission file. Rerunning resumes.
-    Options not given come from the run's savi.toml ([eval] and [model]). Compare rounds with `savi report`.
-    Prints the table's path.
+    Options not given come from the run's savi.toml ([eval], [model], and [clip] for --localizer clip). Compare
+    rounds with `savi report`. Prints the table's path (with --perturb, the true order's and the perturbed one's).
 
     --protocol lmms-eval (the default) generates replies and reads them as lmms-eval 0.7.3 does, so the accuracy
     can stand beside published figures; the strict accuracy of the same replies is printed beside it.
+
+    --keyframes 4 answers each question from its 4 most relevant frames (SeViLA), found by --localizer policy
+    or clip, into BENCH@keyframes4-policy.
+
+    --perturb reverse (or shuffle, drop) evaluates the true order and then the frames perturbed in time, into
+    BENCH@reverse, and prints the change: a model that ignores time loses nothing.
 
     Example:
 
@@ -50,6 +58,7 @@ def eval_command(
     """
     from stages import eval as eval_stage
     from stages.core.config import resolve, resolve_model
+    from stages.report import true_order_change
 
     the_run = eval_stage.run_to_evaluate(run, settings[ModelConfig]["id"], workspace)
     if round is None:
@@ -58,13 +67,18 @@ def eval_command(
     cfg = resolve(the_run, EvalConfig, settings[EvalConfig])
     with the_run.lock():
         if rescore:
-            outcome = eval_stage.rescore(the_run, round, source)
+            outcomes = [eval_stage.rescore(the_run, round, source, cfg)]
         else:
-            outcome = eval_stage.run(the_run, round, source, cfg, resolve_model(the_run, settings[ModelConfig]),
-                                     force=force,
-                                     progress=lambda total: progress_bar(total, f"eval {benchmark}", "question"))
-    typer.echo(f"{outcome.table} round {round}: {eval_stage.summary_line(outcome.summary)}; summary "
-               f"{outcome.summary_path}", err=True)
-    if outcome.submission_path:
-        typer.echo(f"submission file for the leaderboard: {outcome.submission_path}", err=True)
-    typer.echo(str(outcome.result.path))
+            outcomes = eval_stage.evaluate(the_run, round, source, cfg,
+                                           resolve_model(the_run, settings[ModelConfig]),
+                                           resolve(the_run, ClipConfig, settings[ClipConfig]), force=force,
+                                           progress=lambda total: progress_bar(total, f"eval {benchmark}",
+                                                                               "question"))
+    for outcome in outcomes:
+        drop = true_order_change(the_run, outcome.table, round)
+        versus = f"; vs the true order {drop}" if drop else ""
+        typer.echo(f"{outcome.table} round {round}: {eval_stage.summary_line(outcome.summary)}{versus}; summary "
+                   f"{outcome.summary_path}", err=True)
+        if outcome.submission_path:
+            typer.echo(f"submission file for the leaderboard: {outcome.submission_path}", err=True)
+        typer.echo(str(outcome.result.path))

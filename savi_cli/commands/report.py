@@ -21,8 +21,10 @@ def report(
 
     One row per benchmark and round; round 0 is the base model. `vs round 0` and `vs previous` are changes in
     percentage points on the questions both rounds answered, with the exact McNemar p-value; `noise` marks
-    p >= 0.05, a change that equally good models show by chance. `chance` is what guessing scores. The chart
-    draws the CIs as error bars and chance as a dashed line.
+    p >= 0.05, a change that equally good models show by chance. `chance` is what guessing scores. A benchmark
+    also evaluated on frames perturbed in time (`savi eval --perturb reverse`, table BENCH@reverse) gets `vs true
+    order`: the change from the true order, which is zero for a model that ignores time. The chart draws the CIs
+    as error bars and chance as a dashed line.
 
     Example:
 

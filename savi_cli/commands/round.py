@@ -22,15 +22,17 @@ def round_command(
         "--eval", help="Also evaluate on a benchmark, as NAME=PATH (repeatable); adds to [benchmarks] of "
                        "savi.toml. The base model is evaluated too, once.")] = None,
     redo: Annotated[str | None, typer.Option(
-        help="Redo this stage and every later one (ask, answer, critique, filter, dpo, eval), e.g. after "
-             "changing its settings; the earlier stages are kept.")] = None,
+        help="Redo this stage and every later one (ask, keyframes, answer, critique, filter, dpo, eval), e.g. "
+             "after changing its settings; the earlier stages are kept.")] = None,
     workspace: WorkspaceOpt = None,
     *,
     settings: dict,
 ) -> None:
     """Run a whole round: ask, answer, critique, filter, dpo, then eval of the new policy.
 
-    Stages already finished are skipped and interrupted ones resume, so rerunning after a crash continues
+    With answer.keyframes=true, the keyframes stage (SeViLA's localizer) runs before answer; answer.temporal adds
+    temporal negatives (reverse, shuffle, drop) to the pairs; eval.perturb evaluates each round on perturbed frames
+    too. Stages already finished are skipped and interrupted ones resume, so rerunning after a crash continues
     where it stopped; --redo STAGE does a finished stage again, with every later one. Settings come from the
     run's savi.toml, one section per stage, with --set overriding;
     what the round ran with is saved to round=R/config.toml. Ends with one summary: counts per stage, pairs

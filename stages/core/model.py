@@ -21,7 +21,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class Video:
     total_frames: int
     fps: float
     indices: list[int]
+    order: list[int] = field(default_factory=list)  # positions of the source frames shown ([]: all, in order)
 
     @classmethod
     def of(cls, frames: np.ndarray, total_frames: int, fps: float, indices: list[int]) -> Video:
@@ -53,6 +54,15 @@ class Video:
             # Video processors group frames in pairs (temporal patches); Qwen3-VL refuses a single frame.
             frames, indices = np.concatenate([frames, frames]), list(indices) * 2
         return cls(frames=frames, total_frames=total_frames, fps=fps, indices=list(indices))
+
+    def reordered(self, order: list[int]) -> Video:
+        """The frames at positions `order`, shown in that order at the sampled times: a permutation
+        (`temporal.frame_order`) keeps every time and moves the pictures; a subset (keyframes, a cut) keeps the
+        times of the frames it keeps. `order` records the positions in the source frames, through every step."""
+        times = sorted(self.indices[i] for i in order)
+        video = Video.of(self.frames[order], self.total_frames, self.fps, times)
+        video.order = [self.order[i] for i in order] if self.order else list(order)
+        return video
 
 @dataclass(frozen=True)
 class Generation:

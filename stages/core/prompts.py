@@ -1,7 +1,7 @@
 """Prompt files: load, check and render the text each stage puts in the user message next to the video.
 
-There is one TOML file per stage in `stages/core/prompts/` (ask, answer, critique, judge). The chat template and
-the video part are added by the model runtime, not here. A file holds:
+There is one TOML file per stage in `stages/core/prompts/` (ask, answer, critique, judge, keyframes). The chat
+template and the video part are added by the model runtime, not here. A file holds:
 - `version`: a short string such as "ask/1". It is stored in every row the prompt produced, so rows made with
   different wording can always be told apart. Change it whenever the wording changes.
 - `[templates]`: the prompt texts, rendered with `str.format` and named fields only ({question}, {n}...).
@@ -31,7 +31,7 @@ from stages.core.parsing import NO_ERRORS
 from stages.core.settings import KINDS
 
 PROMPTS_DIR = Path(__file__).with_name("prompts")
-PROMPT_NAMES = ("ask", "answer", "critique", "judge")
+PROMPT_NAMES = ("ask", "answer", "critique", "judge", "keyframes")
 
 # The fields each stage passes to each of its templates. A template must use exactly these: an unknown field
 # could never be filled in, and a missing one (a revise prompt without {critique}) would quietly ask the model
@@ -44,6 +44,7 @@ TEMPLATE_FIELDS: dict[str, dict[str, frozenset[str]]] = {
         "revise": frozenset({"question", "answer", "critique"}),
     },
     "judge": {"judge": frozenset({"question", "answer"})},
+    "keyframes": {"frame": frozenset({"question"})},
 }
 
 # The tables each prompt file must have, and the keys each must hold (no more, no fewer).

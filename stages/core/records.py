@@ -82,6 +82,26 @@ class Answer:
     prompt_version: str
     model: str
     prompt: str = ""  # the user turn it was sampled from ("" in tables written before savi recorded it)
+    # A temporal negative (`savi answer --temporal`): how its frames were perturbed ("reverse", "shuffle", "drop").
+    perturbation: str | None = None
+    # The positions of the sampled frames it was shown, in the order shown ([]: all of them, in order): the
+    # keyframes, or a perturbation's order.
+    frame_order: list[int] = dataclasses.field(default_factory=list)
+    localizer: str | None = None  # answered from keyframes found by "policy" or "clip" (`savi keyframes`)
+
+
+@dataclass(slots=True)
+class Keyframes:
+    """SeViLA's keyframes of one question: how much each sampled frame holds what the question needs, and the
+    top k. Key: `question_id`."""
+
+    question_id: str
+    video_id: str
+    localizer: str  # "policy" (P(yes) when the policy is asked about the frame) or "clip" (question-frame cosine)
+    scores: list[float]  # one per sampled frame, in time order
+    chosen: list[int]  # the positions of the top k frames, in temporal order
+    prompt_version: str  # the policy's prompt ("" for clip)
+    model: str  # the policy, or the CLIP's fingerprint
 
 
 @dataclass(slots=True)
@@ -207,6 +227,10 @@ class EvalResult:
     score: float | None = None
     strict_prediction: int | None = None  # savi's parser on the same reply: None when it names no single option
     strict_correct: bool | None = None
+    # The positions of the decoded frames shown, in the order shown ([]: all of them, in order): the keyframes
+    # (`--keyframes`, found by `localizer`), or the order of `--perturb`.
+    frame_order: list[int] = dataclasses.field(default_factory=list)
+    localizer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -239,8 +263,10 @@ SAMPLES = TableSpec("samples", 1, Sample, key="video_id", order=("path", "video_
 QUESTIONS = TableSpec("questions", 2, Question, key="question_id", order=("video_id", "question_id"), made_by="ask",
                       item_column="video_id")
 
-ANSWERS = TableSpec("answers", 2, Answer, key="answer_id", order=("video_id", "question_id", "answer_id"),
+ANSWERS = TableSpec("answers", 3, Answer, key="answer_id", order=("video_id", "question_id", "answer_id"),
                     made_by="answer")
+KEYFRAMES = TableSpec("keyframes", 1, Keyframes, key="question_id", order=("video_id", "question_id"),
+                      made_by="keyframes")
 CRITIQUES = TableSpec("critiques", 2, Critique, key="critique_id", order=("video_id", "question_id", "answer_id"),
                       made_by="critique")
 CANDIDATES = TableSpec("candidates", 2, Candidate, key="pair_id", order=("video_id", "question_id", "pair_id"),
@@ -248,9 +274,10 @@ CANDIDATES = TableSpec("candidates", 2, Candidate, key="pair_id", order=("video_
 
 PAIRS = TableSpec("pairs", 2, Pair, key="pair_id", order=("video_id", "question_id", "pair_id"), made_by="filter")
 TRAIN_LOG = TableSpec("train_log", 1, TrainStep, key="step", order=("step",), made_by="dpo")
-EVALS = TableSpec("evals", 1, EvalResult, key="question_id", order=("category", "question_id"), made_by="eval")
+EVALS = TableSpec("evals", 2, EvalResult, key="question_id", order=("category", "question_id"), made_by="eval")
 
-TABLES = {spec.name: spec for spec in (SAMPLES, QUESTIONS, ANSWERS, CRITIQUES, CANDIDATES, PAIRS, TRAIN_LOG, EVALS)}
+TABLES = {spec.name: spec for spec in (SAMPLES, QUESTIONS, KEYFRAMES, ANSWERS, CRITIQUES, CANDIDATES, PAIRS,
+                                       TRAIN_LOG, EVALS)}
 
 
 def to_arrow(spec: TableSpec, records: list[Any]) -> pa.Table:

@@ -20,6 +20,10 @@ DEFAULT_CLIP_WEIGHTS = "openai"
 
 KINDS = ("spatial", "temporal", "what", "why", "how")
 CRITIQUE_MODES = ("critique", "judge")
+# Temporal perturbations of the sampled frames (stages/core/temporal.py): TimeWarp's, TPO's and TEMPLE's negatives.
+PERTURBATIONS = ("reverse", "shuffle", "drop")
+# SeViLA's keyframe localizers: the policy asked about each frame, or CLIP's question-frame similarity.
+LOCALIZERS = ("policy", "clip")
 SWAPS = ("auto", "on", "off")
 POOLINGS = ("mean", "max", "topk")
 TEXT_POOLINGS = ("mean", "max")
@@ -84,6 +88,17 @@ class AskConfig:
 
 
 @dataclass(frozen=True)
+class KeyframesConfig:
+    SECTION: ClassVar[str] = "keyframes"
+
+    localizer: str = setting("policy", "policy: ask the policy of each sampled frame whether it holds what the "
+                                       "question needs, and score P(yes) (SeViLA's localizer, without training). "
+                                       "clip: the cosine between the question and each frame's cached CLIP "
+                                       "embedding (a cheap stand-in).", choices=LOCALIZERS)
+    top_k: int = setting(4, "Keyframes kept per question, in temporal order.", min=1)
+
+
+@dataclass(frozen=True)
 class AnswerConfig:
     SECTION: ClassVar[str] = "answer"
 
@@ -91,6 +106,13 @@ class AnswerConfig:
     temperatures: tuple[float, ...] = setting((0.3, 0.5, 0.7, 0.9, 1.0), "Candidate k is sampled at the k-th of "
                                                                          "these (cycling).", min=0.0)
     max_new_tokens: int = setting(256, "Longest generation, in tokens.", min=1)
+    temporal: tuple[str, ...] = setting((), "Temporal negatives (TimeWarp, TPO, TEMPLE): also answer from frames "
+                                            "perturbed each way named (reverse, shuffle, drop); the answer from the "
+                                            "true frames is chosen over each. Unset: none.", choices=PERTURBATIONS)
+    temporal_share: float = setting(1.0, "Share of the questions given temporal negatives (a seeded choice).",
+                                    min=0.0, max=1.0)
+    keyframes: bool = setting(False, "Answer from each question's keyframes (`savi keyframes`, SeViLA's answerer) "
+                                     "instead of every sampled frame.")
 
 
 @dataclass(frozen=True)
@@ -211,6 +233,14 @@ class EvalConfig:
     max_new_tokens: int | None = setting(None, "Longest reply under --protocol lmms-eval. Unset: the benchmark's "
                                                "lmms-eval length (16: EgoSchema, MVBench, Video-MME; 32: "
                                                "LongVideoBench; 128: NExT-QA, Perception Test, TempCompass).", min=1)
+    keyframes: int | None = setting(None, "Answer from the K frames most relevant to each question, in temporal "
+                                          "order (SeViLA), as --localizer scores them. Unset: every frame.", min=1)
+    localizer: str = setting("policy", "What scores the frames for --keyframes: policy (P(yes) that the frame "
+                                       "answers the question) or clip (the [clip] model's question-frame cosine).",
+                             choices=LOCALIZERS)
+    perturb: str | None = setting(None, "Also evaluate on each video's frames perturbed in time (reverse, shuffle, "
+                                        "drop), into BENCH@KIND; the report shows the change from the true order. "
+                                        "A model that ignores time loses nothing.", choices=PERTURBATIONS)
 
 
 @dataclass(frozen=True)
