@@ -143,7 +143,7 @@ def test_a_kill_between_writing_a_table_and_its_manifest_does_not_count_rows_twi
     ("[model]\nbatch_size = 0", "[model] batch_size in {toml} is 0: it must be at least 1"),
     ('[ask]\nkinds = "spatial"', "[ask] kinds in {toml} is 'spatial': it must be a list, like ['spatial', "
                                  "'temporal']"),
-    ('[ask]\nkinds = ["spatial", "smell"]', "[ask] kinds in {toml}: item 'smell' it must be one of spatial, "
+    ('[ask]\nkinds = ["spatial", "smell"]', "[ask] kinds in {toml}: item 'smell': it must be one of spatial, "
                                             "temporal, what, why, how"),
     ('[dpo]\nlr_scheduler = "linaer"', "[dpo] lr_scheduler in {toml} is 'linaer': it must be one of linear,"),
 ])

@@ -88,7 +88,7 @@ def checked(value: Any, annotation: Any, field: dataclasses.Field, label: str) -
             example = ", ".join(repr(v) for v in field.default)
             raise SaviError(f"{label} is {value!r}: it must be a list, like [{example}]")
         element = typing.get_args(annotation)[0]
-        return tuple(_one(v, element, meta, f"{label}: item {v!r}") for v in value)
+        return tuple(_one(v, element, meta, f"{label}: item {v!r}:") for v in value)
     return _one(value, annotation, meta, f"{label} is {value!r}:")
 
 
