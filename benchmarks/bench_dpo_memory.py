@@ -9,8 +9,9 @@ Run from the repository root:
     #   --pairs 4 --videos 2 --target-gb 12 --cache /tmp/savi-bench-dpo-memory/models
     #   --work /tmp/savi-bench-dpo-memory/work --json /tmp/savi-bench-dpo-memory.json
 
-    # What `benchmarks/gpu_check.sh` runs: QLoRA with the vision tower in autograd (as trl leaves it) and out of it
-    .venv/bin/python benchmarks/bench_dpo_memory.py --modes qlora --vision-in-autograd both --steps 2
+    # What `benchmarks/gpu_check.sh` runs: QLoRA as trl's step runs it, with the vision tower out of autograd but
+    # every row encoded on both passes, and as savi runs it (each video encoded once)
+    .venv/bin/python benchmarks/bench_dpo_memory.py --modes qlora --vision-in-autograd all --steps 2
 
     # The same code path end to end on CPU, with the 7B config shrunk (a smoke test, not a measurement)
     .venv/bin/python benchmarks/bench_dpo_memory.py --dry-run-cpu
@@ -37,10 +38,14 @@ Modes, each in a fresh child process so that each peak belongs to one mode alone
 ``--vision-in-autograd on`` (benchmark only) undoes savi's ``keep_the_vision_tower_out_of_autograd`` after
 ``build_trainer``: the tower runs with autograd again, with the hook of trl's ``enable_input_require_grads()`` on
 its patch embedding, which is how trl leaves the model. The frozen tower then enters the autograd graph of every
-step (its block inputs are kept for backward and the blocks recomputed, for no gradient). ``both`` runs each mode
-twice, with the tower in autograd ("before") and as ``build_trainer`` leaves it ("after"), so the table shows what
-keeping it out saves. Each result records whether the vision tower's output required grad in the step, and how
-many 4-bit layers sit under the vision tower (none, when the skip list works).
+step (its block inputs are kept for backward and the blocks recomputed, for no gradient); and, as in trl's step,
+every row is encoded on both passes. ``both`` runs each mode twice, with the tower in autograd ("before") and as
+``build_trainer`` leaves it ("after"), so the table shows what keeping it out saves. ``all`` adds, between the two,
+the tower out of autograd with every row still encoded on both passes (``encode_once`` off: chosen and rejected,
+policy and reference, four encodings per pair), so the table also shows what encoding each video once
+(``stages.dpo.encode_videos_once``) saves, in time per step and in peak memory. Each result records whether the
+vision tower's output required grad in the step, and how many 4-bit layers sit under the vision tower (none, when
+the skip list works).
 
 Per mode, on CUDA:
 
@@ -155,14 +160,16 @@ def make_setup(args: argparse.Namespace) -> Setup:
                  size=args.size or (112 if args.dry_run_cpu else 448))
 
 
-# How the vision tower is treated after build_trainer: in autograd as trl leaves it ("before"), or as savi builds
-# it ("after": run under no_grad).
-VISION = {"trl": "vision tower in autograd (trl's hook)", "savi": "as savi builds it"}
+# How the vision tower is treated after build_trainer: in autograd as trl leaves it ("before"), out of autograd
+# but run on every row of both passes, or as savi builds it ("after": under no_grad, each video encoded once).
+VISION = {"trl": "vision tower in autograd (trl's hook)", "each": "tower out of autograd, every row encoded",
+          "savi": "as savi builds it"}
 
 
 def variants(modes: list[str], vision_in_autograd: str) -> list[tuple[str, str]]:
     """(mode, vision) pairs, in the order they run: "before" first, then savi's default."""
-    visions = {"off": ["savi"], "on": ["trl"], "both": ["trl", "savi"]}[vision_in_autograd]
+    visions = {"off": ["savi"], "on": ["trl"], "both": ["trl", "savi"], "all": ["trl", "each", "savi"]}[
+        vision_in_autograd]
     return [(mode, vision) for mode in modes for vision in visions]
 
 
@@ -347,10 +354,13 @@ def sub_model_embeddings(model: Any) -> list[torch.nn.Module]:
     return found
 
 
-def treat_the_vision_tower(model: Any, vision: str) -> None:
+def treat_the_vision_tower(trainer: Any, vision: str) -> None:
     """"trl": the tower as trl leaves it: savi's no_grad wrapper (`stages.dpo.keep_the_vision_tower_out_of_autograd`)
     undone, and trl's input-grad hook on its patch embedding (as a hook of the benchmark's own, so that it holds for
-    the whole step). "savi": nothing."""
+    the whole step). "trl" and "each": every row encoded on both passes, as trl's step does. "savi": nothing."""
+    model = trainer.model
+    if vision in ("trl", "each"):
+        trainer.encode_once = False
     if vision == "trl":
         from stages.dpo import VISION_TOWERS
 
@@ -383,7 +393,7 @@ def train_mode(mode: str, vision: str, folder: Path, workspace: Path, steps: int
 
     start = time.perf_counter()
     trainer = dpo.build_trainer(run, samples, pairs, cfg, model_cfg, None, run.path / "bench-checkpoints", writer)
-    treat_the_vision_tower(trainer.model, vision)
+    treat_the_vision_tower(trainer, vision)
     result["load_s"] = round(time.perf_counter() - start, 1)
     result["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     result["base_dtype"] = str(trainer.model.get_base_model().dtype)
@@ -529,6 +539,15 @@ def report(results: list[dict[str, Any]], setup: Setup, target_gb: float) -> tup
             lines.append("- Keeping the vision tower out of autograd saves "
                          + ", ".join(f"{names[k]} {v:.2f} GiB" for k, v in saved.items())
                          + f" ({after['label']}, against {before['label']}).")
+        each = ok.get((mode, "each"))
+        if each and after:
+            saved = {k: each[k] - after[k] for k in keys}
+            summary[f"{mode}_encode_once"] = {"speedup": each["s_per_step"] / after["s_per_step"],
+                                              "saved_gib": saved}
+            speedup = each["s_per_step"] / after["s_per_step"]
+            lines.append(f"- Encoding each video once: {speedup:.2f}x faster per step; "
+                         + ", ".join(f"{names[k]} {v:.2f} GiB less" for k, v in saved.items())
+                         + f" ({after['label']}, against {each['label']}).")
     if ("qlora", "savi") in ok and ("bf16-lora", "savi") in ok:
         summary["qlora_over_bf16"] = {k: ok[("qlora", "savi")][k] / ok[("bf16-lora", "savi")][k] for k in keys}
         lines.append("- QLoRA / bf16 LoRA: " + ", ".join(f"{names[k]} {v:.2f}"
@@ -639,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", default="qlora,bf16-lora", help="comma-separated: qlora, bf16-lora")
-    parser.add_argument("--vision-in-autograd", choices=("off", "on", "both"), default="off",
+    parser.add_argument("--vision-in-autograd", choices=("off", "on", "both", "all"), default="off",
                         help="put trl's input-grad hook back on the vision tower (on), or run both ways (both)")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per mode (step 1 is warm-up if > 1)")
     parser.add_argument("--frames", type=int, default=None, help="frames per video (default 32; dry run 8)")

@@ -222,7 +222,7 @@ def measure(variant: str, model: Path, run_path: Path) -> dict[str, Any]:
     trainer = dpo.build_trainer(run, samples, pairs, cfg, model_cfg, None, run.path / f"ckpt-{variant}", None)
     base = trainer.model.get_base_model()
     name, tower = next((n, m) for n, m in trainer.model.named_modules() if n.endswith("model.visual"))
-    bench_dpo_memory.treat_the_vision_tower(trainer.model, variant)
+    bench_dpo_memory.treat_the_vision_tower(trainer, variant)
 
     seen = SavedInTower()
     tower.register_forward_pre_hook(seen.before_tower)

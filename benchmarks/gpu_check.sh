@@ -9,8 +9,8 @@
 # What it measures, on a random-weight Qwen2.5-VL-7B (the published config, benchmarks/qwen_7b.py):
 #   1. peak GPU memory (allocated, reserved, device-wide used) and s/step of a 4-bit DPO step at 32 frames of
 #      448 px, through stages.dpo.build_trainer, with the frozen vision tower in autograd (trl's input-grad hook
-#      put back: "before") and out of it (savi as it builds the trainer: "after"), against a 12 GB target
-#      (benchmarks/bench_dpo_memory.py);
+#      put back: "before"), out of it but run on every row of both passes (trl's step), and as savi builds the
+#      trainer ("after": each video encoded once), against a 12 GB target (benchmarks/bench_dpo_memory.py);
 #   2. generation tokens/s at batch 1, 8 and 16, 32 frames of 448 px, 64 new tokens (benchmarks/bench_generate.py);
 #   3. savi eval questions/s in likelihood and generate mode, 32 frames of 448 px (benchmarks/bench_eval.py).
 #
@@ -168,7 +168,7 @@ print(f"Python {sys.version.split()[0]}, torch {torch.__version__}, transformers
 
 # --- The measurements ------------------------------------------------------------------------------------------
 phase model 150 "$PY" benchmarks/qwen_7b.py --cache "$WORK/models" "${SHRUNK[@]}"
-phase dpo 300 "$PY" benchmarks/bench_dpo_memory.py "${DRY[@]}" --modes qlora --vision-in-autograd both --steps 2 \
+phase dpo 300 "$PY" benchmarks/bench_dpo_memory.py "${DRY[@]}" --modes qlora --vision-in-autograd all --steps 2 \
   --target-gb 12 --cache "$WORK/models" --work "$WORK/dpo" --json "$WORK/dpo.json"
 phase generate 150 "$PY" benchmarks/bench_generate.py "${DRY[@]}" --preset qwen2.5-vl-7b --prompts 16 --repeats 1 \
   --threads 0 --cache "$WORK/models" --json "$WORK/generate.json"

@@ -4,8 +4,8 @@ It writes the example videos (moving shapes, several containers, a rotated phone
 clip and a few broken files), a small benchmark in EgoSchema's format about other generated clips, a tiny
 random video model and a tiny random CLIP. It samples the videos into a run of its own workspace (so it never
 mixes with the user's runs) and runs two full rounds, each `savi round`'s work: questions, keyframes, answers from
-them (with temporal negatives for half of them), critiques, CLIP filtering, 4-bit DPO, then eval of the new policy
-(and once, of the base model) on the benchmark.
+them (with temporal negatives for half of them), critiques, CLIP filtering, 4-bit DPO at VistaDPO's three levels,
+then eval of the new policy (and once, of the base model) on the benchmark.
 
 The run's settings are an ordinary savi.toml, written once, so the demo doubles as an example of one. Everything
 it makes lives under one folder; running it again reuses what is there and redoes nothing.
@@ -74,6 +74,9 @@ learning_rate = 1e-3
 batch_size = 2
 grad_accum = 1
 max_steps = 4
+# VistaDPO's three levels: chosen over rejected (instance), the chosen reply under the true video over it under the
+# video reversed (temporal) and over it with the question's keyframes masked (perceptive).
+levels = [1.0, 0.5, 0.5]
 
 [eval]
 frames = 8

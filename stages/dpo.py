@@ -8,6 +8,12 @@ The setup:
 - trl's stock DPOTrainer runs with savi's video collator (trl's own collator handles images only).
 - Gradient checkpointing is on, with paged 8-bit AdamW on CUDA (plain AdamW on CPU, where paged memory does not
   exist).
+- Each video is encoded once per step. trl's step runs the model twice (the policy, then the reference) on
+  [chosen rows | rejected rows], and the stock path would run the vision tower on every row of both: four times
+  per pair. With LoRA the whole vision tower is frozen and shared by the policy and the reference, so savi runs it
+  once per distinct video of the batch, without gradients, and hands the features to every row and pass through
+  the model's own entry point for precomputed encoder outputs (`mm_encoder_outputs`). `--tune full` trains the
+  projector, whose policy and reference copies differ, so it keeps the stock path.
 
 One adapter per run, continued round after round. Round 1 trains a new LoRA adapter against the base model
 (adapters disabled). Round r > 1 loads round r-1's adapter as the trainable one, and trl keeps a frozen copy of
@@ -21,6 +27,19 @@ Losses:
   where s_w and s_l are the CLIP scores of the chosen and rejected texts (after the filter's swap, s_w >= s_l
   up to the swap margin). A pair whose chosen answer is much better grounded than its rejected one must be won
   by a wider reward margin before its loss vanishes. γ = 0 gives back standard DPO.
+
+VistaDPO's hierarchy (`--levels instance,temporal,perceptive`, weights of extra terms of the same loss):
+- instance: the chosen reply over the rejected one, for the same video: the loss above.
+- temporal: the chosen reply under the true video over the same reply under a perturbed one,
+      L_t = -log σ(β·([log π(y_w|v) - log π_ref(y_w|v)] - [log π(y_w|v') - log π_ref(y_w|v')]))
+  where v' is v with its temporal patches reversed or shuffled (`--level-perturbation`, seeded by the pair).
+- perceptive: the same, with v' the true video with the question's keyframes masked (their visual tokens zeroed):
+  the round's `keyframes.parquet`, or else CLIP's top frames for the question.
+Both perturb the features of the one encoding of each video (`encode_videos_once`), so they cost no second pass of
+the vision tower: each adds one row per pair (the chosen reply again) to the policy's and the reference's pass.
+Unlike VistaDPO's released loss, which detaches the policy's log-probabilities in these terms (so they train
+nothing), both give gradients; and v' is the video perturbed, not `torch.rand_like(video)`. Each term's reward margin
+and accuracy is logged at every step. The levels train with `--loss sigmoid` and `--tune lora`.
 
 A crash resumes from the last checkpoint (`round=<r>/.checkpoints/`). The training log (loss, reward accuracy and
 margins per step) is a table, `round=<r>/train_log.parquet`, that `savi query` sees.
@@ -42,8 +61,10 @@ from typing import Any
 from transformers import PrinterCallback, SchedulerType, TrainerCallback, TrainerState
 from trl import DPOTrainer
 
+from stages.core.clip import ClipScorer
 from stages.core.errors import SaviError
 from stages.core.model import (
+    Video,
     adapter_fingerprint,
     adapter_for_round,
     load_adapter,
@@ -55,8 +76,19 @@ from stages.core.model import (
     resolve_dtype,
 )
 from stages.core.records import Pair, Sample, TrainStep
-from stages.core.settings import LOSSES, TUNES, ModelConfig, TrainConfig
-from stages.core.store import ArtifactWriter, Progress, Run, StageResult, atomic_dir, file_sha256
+from stages.core.settings import (
+    LEVELS,
+    LOSSES,
+    PATCH_PERTURBATIONS,
+    TUNES,
+    ClipConfig,
+    KeyframesConfig,
+    ModelConfig,
+    TrainConfig,
+)
+from stages.core.store import ArtifactWriter, Progress, Run, StageResult, atomic_dir, file_sha256, fingerprint
+from stages.core.temporal import frame_order
+from stages.keyframes import clip_scores, top_k
 
 log = logging.getLogger("savi")
 
@@ -73,8 +105,10 @@ FULL_TUNE_PARTS = (r"model\.language_model\.layers\.\d+", r"model\.language_mode
 FULL_TUNE_LORA = r".*language_model\.embed_tokens"
 
 
-def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force: bool = False,
-        progress: Progress | None = None) -> StageResult:
+def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, clip_cfg: ClipConfig | None = None, *,
+        force: bool = False, progress: Progress | None = None) -> StageResult:
+    """Train round `round`'s adapter (`clip_cfg`: the CLIP that finds keyframes for the perceptive level when the
+    round has no keyframes table)."""
     if cfg.loss not in LOSSES:
         raise SaviError(f"unknown --loss {cfg.loss!r}: use {', '.join(LOSSES)}")
     if cfg.tune not in TUNES:
@@ -85,6 +119,7 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
     schedulers = [s.value for s in SchedulerType]
     if cfg.lr_scheduler not in schedulers:
         raise SaviError(f"unknown lr_scheduler {cfg.lr_scheduler!r} in [dpo]; use one of {', '.join(schedulers)}")
+    check_levels(cfg)
     pairs_art = run.require("pairs", round)
     pairs = [p for p in pairs_art.read() if p.kept]
     if not pairs:
@@ -98,6 +133,14 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
     params = {**asdict(cfg), "model": model_cfg.id, "seed": model_cfg.seed,
               "starts_from": adapter_fingerprint(previous)}
     inputs = {"pairs": file_sha256(pairs_art.path)}
+    keyframes: dict[str, list[int]] = {}
+    if hierarchical(cfg):
+        params["levels"] = list(cfg.levels)
+        if cfg.levels[2] > 0:
+            keyframes = masked_keyframes(run, round, pairs, clip_cfg)
+            inputs["keyframes"] = fingerprint(sorted(keyframes.items()))
+    else:  # tables made before the levels existed stay up to date
+        del params["levels"], params["level_perturbation"]
     log_art = run.artifact("train_log", round)
     if force:  # the checkpoints of an earlier training; its finished adapter stays until the new one is saved
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -107,7 +150,8 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # checkpointing renames
     samples = {s.video_id: s for s in run.artifact("samples").read()}
-    trainer = build_trainer(run, samples, pairs, cfg, model_cfg, previous, checkpoints, writer, progress)
+    trainer = build_trainer(run, samples, pairs, cfg, model_cfg, previous, checkpoints, writer, progress,
+                            keyframes=keyframes)
     last = _last_checkpoint(checkpoints)
     try:
         if last and _finished(last):
@@ -124,6 +168,9 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
               "final_reward_accuracy": _metric(final, "rewards/accuracies"),
               "final_reward_margin": _metric(final, "rewards/margins"),
               "final_loss": _metric(final, "loss")}
+    for level in LEVELS[1:] if hierarchical(cfg) else ():
+        counts[f"final_{level}_margin"] = _metric(final, f"{level}/margins")
+        counts[f"final_{level}_accuracy"] = _metric(final, f"{level}/accuracies")
     writer.finish(counts=counts, notes={"adapter": str(adapter_dir), "resumed_from_checkpoint": str(last or "")})
     shutil.rmtree(checkpoints, ignore_errors=True)
     return StageResult(adapter_dir, len(pairs), len(steps), False, counts)
@@ -131,8 +178,9 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, *, force
 
 def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: TrainConfig,
                   model_cfg: ModelConfig, previous: Path | None, output_dir: Path, writer: ArtifactWriter | None,
-                  progress: Progress | None = None):
-    """The DPOTrainer for these pairs, ready to `train()`. Separate from `run` so tests can inspect it."""
+                  progress: Progress | None = None, keyframes: dict[str, list[int]] | None = None):
+    """The DPOTrainer for these pairs, ready to `train()`. Separate from `run` so tests can inspect it.
+    `keyframes` (by question) are the frames the perceptive level masks."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -154,6 +202,9 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
 
     with_gap = cfg.loss == "clip-weighted"
     dataset = Dataset.from_list([_training_row(p, with_gap) for p in pairs])
+    views = [level for level, weight in zip(LEVELS[1:], cfg.levels[1:]) if weight > 0]
+    collator = VideoPreferenceCollator(processor, run, samples, views=views, perturbation=cfg.level_perturbation,
+                                       seed=model_cfg.seed, keyframes=keyframes or {})
     args = DPOConfig(
         output_dir=str(output_dir),
         beta=cfg.beta,
@@ -187,8 +238,9 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
     )
     callbacks = [TrainLogCallback(writer, progress)] if writer is not None else []
     trainer = VideoDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                              peft_config=peft_config, data_collator=VideoPreferenceCollator(processor, run, samples),
-                              callbacks=callbacks, clip_gamma=cfg.clip_gamma if with_gap else 0.0)
+                              peft_config=peft_config, data_collator=collator, callbacks=callbacks,
+                              clip_gamma=cfg.clip_gamma if with_gap else 0.0, encode_once=cfg.tune == "lora",
+                              levels=dict(zip(LEVELS, cfg.levels)))
     trainer.remove_callback(PrinterCallback)  # it prints metric dicts to stdout, which carries only the path
     if cfg.tune == "full":
         freeze_the_host_lora(trainer.model)
@@ -266,68 +318,183 @@ def keep_dropout_on_the_trained_adapter(model: Any, p: float) -> None:
 
 
 def _training_row(pair: Pair, with_gap: bool) -> dict[str, Any]:
-    """trl's preference row, plus what the collator needs: the video's id and, for clip-weighted, the CLIP gap.
-    The empty `images` list only tells trl that this is a vision dataset (so it keeps the raw rows for the
-    collator); the frames come from the run, by video_id."""
-    row = {**preference_row(pair), "images": [], "video_id": pair.video_id}
+    """trl's preference row, plus what the collator needs: the video's id (and the pair's and the question's, for
+    the levels) and, for clip-weighted, the CLIP gap. The empty `images` list only tells trl that this is a vision
+    dataset (so it keeps the raw rows for the collator); the frames come from the run, by video_id."""
+    row = {**preference_row(pair), "images": [], "video_id": pair.video_id, "pair_id": pair.pair_id,
+           "question_id": pair.question_id}
     if with_gap:
         row["clip_gap"] = float((pair.chosen_clip or 0.0) - (pair.rejected_clip or 0.0))
     return row
 
 
 class VideoPreferenceCollator:
-    """Turns preference rows into a DPO batch: [chosen rows | rejected rows], each prompt with its video.
+    """Turns preference rows into a DPO batch: [chosen rows | rejected rows], each prompt with its video; with
+    VistaDPO's levels on, a group of rows per level follows: the chosen reply again, under the view of its video
+    that the level takes (`row_views`: the perturbation and its seed key, or the keyframes to mask).
 
     It does for videos what trl's vision collator does for images. The prompt (with the video) is processed once
-    for each half, left-padded. The completions are tokenized alone, right-padded, and appended. A
-    completion_mask marks the answer tokens, whose log-probabilities DPO compares.
+    for each row, left-padded. The completions are tokenized alone, right-padded, and appended. A completion_mask
+    marks the answer tokens, whose log-probabilities DPO compares.
     """
 
-    def __init__(self, processor: Any, run: Run, samples: dict[str, Sample]):
+    def __init__(self, processor: Any, run: Run, samples: dict[str, Sample], views: list[str] | None = None,
+                 perturbation: str = "reverse", seed: int = 0, keyframes: dict[str, list[int]] | None = None):
         self.processor, self.run, self.samples = processor, run, samples
+        self.views, self.perturbation, self.seed, self.keyframes = views or [], perturbation, seed, keyframes or {}
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        videos = [load_video(self.run, self.samples[e["video_id"]]) for e in examples] * 2
-        prompts = [e["prompt"] for e in examples] * 2
-        replies = [e[key][0]["content"][0]["text"] for key in ("chosen", "rejected") for e in examples]
-        batch = reply_batch(self.processor, videos, prompts, replies)
+        groups = 2 + len(self.views)
+        videos = [load_video(self.run, self.samples[e["video_id"]]) for e in examples]
+        chosen = [e["chosen"][0]["content"][0]["text"] for e in examples]
+        rejected = [e["rejected"][0]["content"][0]["text"] for e in examples]
+        batch = reply_batch(self.processor, videos * groups, [e["prompt"] for e in examples] * groups,
+                            chosen + rejected + chosen * len(self.views))
+        # Which distinct video each row shows (row i and row B + i always share one), for `encode_videos_once`.
+        distinct: dict[str, int] = {}
+        batch["video_rows"] = torch.tensor([distinct.setdefault(e["video_id"], len(distinct))
+                                            for e in examples] * groups)
+        if self.views:
+            batch["row_views"] = [None] * (2 * len(examples)) + [
+                self._view(level, e, video) for level in self.views for e, video in zip(examples, videos)]
         if "clip_gap" in examples[0]:
             batch["clip_gap"] = torch.tensor([e["clip_gap"] for e in examples], dtype=torch.float32)
         return batch
 
+    def _view(self, level: str, example: dict[str, Any], video: Video) -> tuple:
+        if level == "temporal":
+            return ("perturb", self.perturbation, f"{self.seed}:{example['pair_id']}")
+        return ("mask", tuple(self.keyframes.get(example["question_id"], ())), len(video.frames))
+
+
+def encode_videos_once(model: Any, inputs: dict[str, Any], video_rows: Any,
+                       row_views: list[tuple | None] | None = None) -> dict[str, Any]:
+    """The step's inputs with each distinct video encoded once: the frozen vision tower runs (without gradients)
+    on the first row of each video, and every row gets its video's features as `mm_encoder_outputs`, which the
+    model takes in place of `pixel_values_videos` for the policy pass and the reference pass alike. A row with a
+    view (`row_views`, the levels' rows) gets its video's features seen that way (`viewed`)."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    core = base.model  # the multimodal model under the LM head: it owns get_video_features and the merge
+    rows = video_rows.tolist()
+    first: dict[int, int] = {}
+    for row, video in enumerate(rows):
+        first.setdefault(video, row)
+    distinct = [first[video] for video in range(len(first))]
+    pixels, grid = inputs["pixel_values_videos"], inputs.get("video_grid_thw")
+    with torch.no_grad():
+        views = row_views or [None] * len(rows)
+        if grid is None:  # LLaVA-OneVision: a (frames, C, H, W) block per row, frames its temporal groups
+            encoded = core.get_video_features(pixels[distinct], return_dict=True,
+                                              vision_feature_layer=core.config.vision_feature_layer,
+                                              vision_feature_select_strategy=core.config.vision_feature_select_strategy)
+            encoded.pooler_output = torch.stack([viewed(encoded.pooler_output[video], pixels.shape[1], view)
+                                                 for video, view in zip(rows, views)])
+        else:  # Qwen: each row's patches in turn, t * h * w of them, t its temporal groups
+            blocks = pixels.split(grid.prod(-1).tolist())
+            encoded = core.get_video_features(torch.cat([blocks[r] for r in distinct]), grid[distinct],
+                                              return_dict=True)
+            times = grid[:, 0].tolist()
+            encoded.pooler_output = tuple(viewed(encoded.pooler_output[video], t, view)
+                                          for video, t, view in zip(rows, times, views))
+            if getattr(encoded, "deepstack_features", None) is not None:  # Qwen3-VL's features of earlier layers
+                encoded.deepstack_features = [tuple(viewed(layer[video], t, view)
+                                                    for video, t, view in zip(rows, times, views))
+                                              for layer in encoded.deepstack_features]
+    return {**{k: v for k, v in inputs.items() if k != "pixel_values_videos"}, "mm_encoder_outputs": {"video": encoded}}
+
+
+def viewed(features: Any, groups: int, view: tuple | None) -> Any:
+    """One row's video features (tokens, dim) as a level sees them. The tokens come in `groups` temporal groups of
+    equal size (Qwen's temporal patches of two frames, LLaVA-OneVision's frames), then any tokens of the whole
+    video (LLaVA-OneVision's closing newline). ("perturb", kind, key): the groups in `temporal.frame_order`'s
+    order; ("mask", positions, frames): the groups holding those sampled frames zeroed."""
+    import torch
+
+    if view is None:
+        return features
+    per = features.shape[0] // groups
+    blocks, rest = features[:per * groups].view(groups, per, -1), features[per * groups:]
+    if view[0] == "perturb":
+        blocks = blocks[frame_order(view[1], groups, view[2])]
+    else:
+        positions, frames = view[1], view[2]
+        blocks = blocks.clone()
+        blocks[sorted({p * groups // frames for p in positions})] = 0
+    return torch.cat([blocks.reshape(per * groups, -1), rest])
+
 
 class VideoDPOTrainer(DPOTrainer):
-    """trl's DPOTrainer, plus the clip-weighted loss. With clip_gamma = 0 it is the stock trainer."""
+    """trl's DPOTrainer, plus the clip-weighted loss and each video encoded once per step (`encode_videos_once`,
+    where the vision tower is frozen for policy and reference alike). With clip_gamma = 0 and encode_once off it
+    is the stock trainer."""
 
-    def __init__(self, *args, clip_gamma: float = 0.0, **kwargs):
+    def __init__(self, *args, clip_gamma: float = 0.0, encode_once: bool = True,
+                 levels: dict[str, float] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.clip_gamma = clip_gamma
+        self.clip_gamma, self.encode_once = clip_gamma, encode_once
+        self.levels = levels or {"instance": 1.0}
 
     def _compute_loss(self, model, inputs, return_outputs):
         gap = inputs.pop("clip_gap", None)
+        video_rows = inputs.pop("video_rows", None)
+        row_views = inputs.pop("row_views", None)
+        if self.encode_once and video_rows is not None and "pixel_values_videos" in inputs:
+            inputs = encode_videos_once(self.accelerator.unwrap_model(self.model), inputs, video_rows, row_views)
+        if row_views is not None:
+            if not self.encode_once:  # the levels' views exist only as features of the one encoding
+                raise ValueError("VistaDPO's levels need each video encoded once (--tune lora)")
+            return self._hierarchical_loss(model, inputs, return_outputs)
         if gap is None or self.clip_gamma == 0:
             return super()._compute_loss(model, inputs, return_outputs)
         return self._clip_margin_loss(model, inputs, gap, return_outputs)
 
-    def _clip_margin_loss(self, model, inputs, gap, return_outputs):
+    def _reply_logps(self, model, inputs):
+        """Each row's reply log-probability under the policy and under the reference: the two passes of a step."""
         import torch
-        import torch.nn.functional as F
         from trl.trainer.utils import use_adapter
 
-        mode = "train" if self.model.training else "eval"
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         model_inputs = {k: v for k, v in inputs.items() if k != "completion_mask"}
         seq_len = completion_mask.size(1) - 1
         # trl's fused head returns each label token's log-probability (0 where the label is masked).
         logps = model(**model_inputs, labels=labels, use_cache=False, fused_lm_head=True).log_probs
-        logps = logps[:, -seq_len:].sum(dim=1)
         unwrapped = self.accelerator.unwrap_model(self.model)
         with torch.no_grad(), use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None):
             ref = self.model(**model_inputs, labels=labels, use_cache=False, fused_lm_head=True).log_probs
-        ref = ref[:, -seq_len:].sum(dim=1)
+        return logps[:, -seq_len:].sum(dim=1), ref[:, -seq_len:].sum(dim=1)
+
+    def _hierarchical_loss(self, model, inputs, return_outputs):
+        """VistaDPO's levels: the instance term on [chosen | rejected], then one term per level on the chosen
+        reply under the true video against its group of rows (see the module docstring)."""
+        import torch.nn.functional as F
+
+        mode = "train" if self.model.training else "eval"
+        groups = ["instance", *self.data_collator.views]  # the batch's groups of rows after the chosen ones
+        logps, ref = self._reply_logps(model, inputs)
+        rewards = [self.beta * (policy - reference) for policy, reference in zip(logps.chunk(1 + len(groups)),
+                                                                             ref.chunk(1 + len(groups)))]
+        chosen = rewards[0]
+        loss = 0
+        for level, against in zip(groups, rewards[1:]):
+            margin = chosen - against
+            loss = loss + self.levels.get(level, 0.0) * -F.logsigmoid(margin).mean()
+            prefix = "rewards" if level == "instance" else level
+            self._metrics[mode][f"{prefix}/margins"].append(margin.detach().mean().item())
+            self._metrics[mode][f"{prefix}/accuracies"].append((margin.detach() > 0).float().mean().item())
+        self._metrics[mode]["rewards/chosen"].append(chosen.detach().mean().item())
+        self._metrics[mode]["rewards/rejected"].append(rewards[1].detach().mean().item())
+        return (loss, None) if return_outputs else loss
+
+    def _clip_margin_loss(self, model, inputs, gap, return_outputs):
+        import torch.nn.functional as F
+
+        mode = "train" if self.model.training else "eval"
+        logps, ref = self._reply_logps(model, inputs)
         chosen, rejected = logps.chunk(2)
         ref_chosen, ref_rejected = ref.chunk(2)
         delta = (chosen - ref_chosen) - (rejected - ref_rejected)
@@ -372,8 +539,51 @@ class TrainLogCallback(TrainerCallback):
                                   loss=logs.get("loss"), reward_accuracy=logs.get("rewards/accuracies"),
                                   reward_margin=logs.get("rewards/margins"), chosen_reward=logs.get("rewards/chosen"),
                                   rejected_reward=logs.get("rewards/rejected"),
-                                  learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm")))
+                                  learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                                  temporal_margin=logs.get("temporal/margins"),
+                                  temporal_accuracy=logs.get("temporal/accuracies"),
+                                  perceptive_margin=logs.get("perceptive/margins"),
+                                  perceptive_accuracy=logs.get("perceptive/accuracies")))
         return True
+
+
+def hierarchical(cfg: TrainConfig) -> bool:
+    """Whether a level beyond the instance term is on."""
+    return any(weight > 0 for weight in cfg.levels[1:])
+
+
+def check_levels(cfg: TrainConfig) -> None:
+    """`[dpo] levels` as the hierarchy can train it, or a one-line error."""
+    if len(cfg.levels) != len(LEVELS) or not any(cfg.levels):
+        raise SaviError(f"--levels takes {len(LEVELS)} weights ({', '.join(LEVELS)}), not all 0, e.g. 1,0.5,0.5; "
+                        f"got {','.join(map(str, cfg.levels))}")
+    if cfg.level_perturbation not in PATCH_PERTURBATIONS:
+        raise SaviError(f"unknown --level-perturbation {cfg.level_perturbation!r}: use "
+                        f"{' or '.join(PATCH_PERTURBATIONS)}")
+    if hierarchical(cfg) and (cfg.loss != "sigmoid" or cfg.tune != "lora"):
+        raise SaviError("the temporal and perceptive levels train the sigmoid loss with LoRA: use --loss sigmoid "
+                        "--tune lora, or --levels 1,0,0")
+
+
+def masked_keyframes(run: Run, round: int, pairs: list[Pair], clip_cfg: ClipConfig | None) -> dict[str, list[int]]:
+    """The frames the perceptive level masks, by question: the round's keyframes table, or else the top frames of
+    each question by CLIP (`stages/keyframes.py`, k as `savi keyframes` keeps)."""
+    art = run.artifact("keyframes", round)
+    if art.complete:
+        found = {k.question_id: list(k.chosen) for k in art.read()}
+        missing = sorted({p.question_id for p in pairs} - found.keys())
+        if not missing:
+            return found
+        log.warning(f"{len(missing)} questions of the pairs have no keyframes in {art.path}; CLIP finds theirs")
+    else:
+        found, missing = {}, sorted({p.question_id for p in pairs})
+    scorer = ClipScorer.load(clip_cfg or ClipConfig())
+    samples = {s.video_id: s for s in run.artifact("samples").read()}
+    k = KeyframesConfig().top_k
+    for pair in {p.question_id: p for p in pairs if p.question_id in set(missing)}.values():
+        scores = clip_scores(scorer, scorer.frame_embeddings(run, samples[pair.video_id]), pair.question)
+        found[pair.question_id] = top_k(scores, k)
+    return found
 
 
 def _metric(metrics: dict[str, float], key: str) -> float | None:

@@ -186,7 +186,7 @@ def run_round(run: Run, round: int, cfg: RoundConfig, *, redo: str | None = None
     done["filter"] = filter_stage.run(run, round, cfg.filter, cfg.clip, force=force["filter"],
                                       progress=bar("filter", "pair"))
     say(f"round {round}: dpo")
-    done["dpo"] = dpo.run(run, round, cfg.dpo, model, force=force["dpo"], progress=bar("dpo", "step"))
+    done["dpo"] = dpo.run(run, round, cfg.dpo, model, cfg.clip, force=force["dpo"], progress=bar("dpo", "step"))
 
     evals = []
     for source in cfg.benchmarks:
@@ -239,8 +239,11 @@ def describe(summary: RoundSummary) -> list[str]:
     if any(source.startswith("temporal:") for source in by_source):
         lines.append("            kept by source: " + ", ".join(f"{source} {n}" for source, n in by_source.items()))
     accuracy = dpo_c.get("final_reward_accuracy")
+    levels = "".join(f"; {level} margin {dpo_c[f'final_{level}_margin']:+.3f} (accuracy "
+                     f"{dpo_c[f'final_{level}_accuracy']:.2f})" for level in ("temporal", "perceptive")
+                     if dpo_c.get(f"final_{level}_margin") is not None)
     lines.append(f"  dpo       {dpo_c['steps']} steps on {dpo_c['pairs']} pairs; reward accuracy on them "
-                 f"{'n/a' if accuracy is None else f'{accuracy:.2f}'}")
+                 f"{'n/a' if accuracy is None else f'{accuracy:.2f}'}{levels}")
     for e in summary.evals:
         versus = f"{_delta(e['accuracy'], e['base'])} vs base"
         if summary.round > 1:

@@ -118,6 +118,8 @@ def test_demo_runs_two_full_rounds_with_eval_and_ends_with_the_report(tmp_path):
     assert result.stdout.count("  keyframes 56 of 112 frames kept for 14 questions (policy localizer)") == 2
     assert result.stdout.count(" from perturbed frames: reverse ") == 2
     assert "kept by source: critique " in result.stdout and "temporal:reverse " in result.stdout
+    # DPO trains at VistaDPO's three levels, and the summary gives each level's margin.
+    assert result.stdout.count("; temporal margin ") == 2 and result.stdout.count("; perceptive margin ") == 2
     shown = result.stdout.split("savi report --run demo")[1]
     assert "round  questions  accuracy  95% CI" in shown
     assert [line.split()[2] for line in shown.splitlines() if line.startswith("egoschema")] == ["0", "1", "2"]

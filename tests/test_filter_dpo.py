@@ -342,9 +342,10 @@ def test_4bit_qlora_trains_on_cpu(sampled_run, tiny_model, caplog):
     assert any(not torch.equal(lora_before[n], lora_after[n]) for n in lora_before)
 
 
-@pytest.mark.parametrize("killed_at", [4, 8], ids=["midway", "at-the-last-checkpoint"])
+@pytest.mark.parametrize("killed_at, levels", [(4, []), (8, []), (4, ["--levels", "1,0.5,0"])],
+                         ids=["midway", "at-the-last-checkpoint", "midway-with-the-temporal-level"])
 def test_a_training_killed_as_it_saves_a_checkpoint_resumes_there_and_logs_every_step_once(
-        sampled_run, tiny_model, workspace, killed_at):
+        sampled_run, tiny_model, workspace, killed_at, levels):
     write_pairs(sampled_run, 1, n=6)  # 3 steps an epoch, so the 8 steps end inside the third epoch
     # The first training kills itself at the worst moment, whatever the speed of this machine: a checkpoint (of 8
     # steps) is on disk, and the steps it covers are not yet flushed to the train log. At checkpoint 8 the training
@@ -360,7 +361,7 @@ def test_a_training_killed_as_it_saves_a_checkpoint_resumes_there_and_logs_every
                          "from savi_cli.main import app\n"
                          "app()\n")
     dpo_args = ["dpo", "--run", "t", "--round", "1", "--model", str(tiny_model()), "--no-4bit", "--max-steps", "8",
-                "--save-steps", "2", "--grad-accum", "1", "--batch-size", "2", "--lr", "2e-3"]
+                "--save-steps", "2", "--grad-accum", "1", "--batch-size", "2", "--lr", "2e-3", *levels]
     env = dict(os.environ, SAVI_HOME=str(workspace))
     killed = subprocess.run([sys.executable, "-c", die_at_checkpoint, *dpo_args], env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -373,7 +374,9 @@ def test_a_training_killed_as_it_saves_a_checkpoint_resumes_there_and_logs_every
     assert done.returncode == 0, done.stderr
     manifest = sampled_run.artifact("train_log", 1).manifest()
     assert manifest["notes"]["resumed_from_checkpoint"].endswith(f"checkpoint-{killed_at}")  # not from scratch
-    assert [s.step for s in sampled_run.artifact("train_log", 1).read()] == list(range(1, 9))
+    logged = sampled_run.artifact("train_log", 1).read()
+    assert [s.step for s in logged] == list(range(1, 9))
+    assert all((s.temporal_margin is not None) == bool(levels) for s in logged)
     adapter = sampled_run.round_dir(1) / "adapter"
     assert not checkpoints.exists() and (adapter / "adapter_config.json").is_file()
     trained = load_file(adapter / "adapter_model.safetensors")  # LoRA's B starts at zero: the steps are in it
@@ -439,7 +442,7 @@ def test_the_default_dpo_step_keeps_the_frozen_vision_tower_out_of_autograd(samp
                                 sampled_run.path / "ckpt", None)
     lora_before, _ = lora_and_base(trainer.model)
     needs_grad, saved = one_training_step_in_the_vision_tower(trainer)
-    assert len(needs_grad) >= 2 and not any(needs_grad)  # the policy's pass and the reference's
+    assert needs_grad == [False]  # one pass for the step's videos, shared by the policy and the reference
     assert saved == 0
     lora_after, _ = lora_and_base(trainer.model)
     assert any(not torch.equal(lora_before[n], lora_after[n]) for n in lora_before)
@@ -499,6 +502,55 @@ def test_dpo_scores_each_reply_as_the_model_writes_it_after_the_prompt_it_was_sa
     assert tokenizer.decode(in_prompt).endswith(generation_prompt[-20:])
     assert tokenizer.decode(completion).startswith("It moves from left to right.<|im_end|>")
     trainer.train()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava_onevision"])
+def test_encoding_each_video_once_gives_the_stock_steps_loss_and_gradients(family, sampled_run, tiny_model):
+    write_pairs(sampled_run, 1)  # 4 pairs over the 3 videos: pairs 0 and 3 share one
+    samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
+    trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
+                                train_cfg(max_steps=1), ModelConfig(id=str(tiny_model(family))), None,
+                                sampled_run.path / "ckpt", None)
+    batch = trainer._prepare_inputs(trainer.data_collator([dict(r) for r in trainer.train_dataset]))
+    core = trainer.model.get_base_model().model
+    encoded = []  # how many videos each pass of the vision tower encoded
+    real = core.get_video_features
+
+    def counted(pixels, *args, **kwargs):
+        grid = args[0] if args else kwargs.get("video_grid_thw")
+        encoded.append(len(grid) if grid is not None else len(pixels))
+        return real(pixels, *args, **kwargs)
+
+    core.get_video_features = counted
+
+    def step(encode_once):
+        trainer.encode_once = encode_once
+        trainer.model.zero_grad()
+        encoded.clear()
+        loss = trainer._compute_loss(trainer.model, dict(batch), return_outputs=False)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, list(encoded)
+
+    stock_loss, stock_grads, stock_passes = step(False)
+    once_loss, once_grads, once_passes = step(True)
+    assert stock_passes == [8, 8]  # the policy pass and the reference pass, each over all 8 rows
+    assert once_passes == [3]  # one pass over the 3 distinct videos
+    torch.testing.assert_close(once_loss, stock_loss, rtol=1e-5, atol=1e-6)
+    assert stock_grads and once_grads.keys() == stock_grads.keys()
+    assert all("lora_" in name for name in stock_grads)
+    assert any(g.abs().sum() > 0 for g in stock_grads.values())
+    for name, grad in stock_grads.items():
+        torch.testing.assert_close(once_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_a_full_tune_keeps_the_stock_step_whose_projector_differs_from_the_references(sampled_run, tiny_model):
+    write_pairs(sampled_run, 1, n=2)
+    samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
+    full = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
+                             train_cfg(max_steps=1, tune="full"), ModelConfig(id=str(tiny_model())), None,
+                             sampled_run.path / "ckpt", None)
+    assert not full.encode_once
 
 
 # ---------------------------------------------------------------------------------------------------------------

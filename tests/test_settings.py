@@ -34,7 +34,7 @@ COMMANDS = {
     "answer": [(AnswerConfig, ()), (ModelConfig, ())],
     "critique": [(CritiqueConfig, ()), (ModelConfig, ())],
     "filter": [(FilterConfig, ()), (ClipConfig, ())],
-    "dpo": [(TrainConfig, ()), (ModelConfig, ("load_in_4bit", "batch_size"))],
+    "dpo": [(TrainConfig, ()), (ModelConfig, ("load_in_4bit", "batch_size")), (ClipConfig, CLIP_SCORING_FIELDS)],
     "eval": [(EvalConfig, ()), (ModelConfig, ("seed",)), (ClipConfig, CLIP_SCORING_FIELDS)],
     "keyframes": [(KeyframesConfig, ()), (ModelConfig, ()), (ClipConfig, CLIP_SCORING_FIELDS)],
     "round": [(ModelConfig, ())],

@@ -191,6 +191,12 @@ class TrainStep:
     rejected_reward: float | None
     learning_rate: float | None
     grad_norm: float | None
+    # VistaDPO's levels (`[dpo] levels`): the reward margin of the true video over the perturbed one (temporal) and
+    # over the masked keyframes (perceptive), and how often it is positive; None where the level is off.
+    temporal_margin: float | None = None
+    temporal_accuracy: float | None = None
+    perceptive_margin: float | None = None
+    perceptive_accuracy: float | None = None
 
 
 @dataclass(slots=True)
@@ -273,7 +279,7 @@ CANDIDATES = TableSpec("candidates", 2, Candidate, key="pair_id", order=("video_
                        made_by="critique")
 
 PAIRS = TableSpec("pairs", 2, Pair, key="pair_id", order=("video_id", "question_id", "pair_id"), made_by="filter")
-TRAIN_LOG = TableSpec("train_log", 1, TrainStep, key="step", order=("step",), made_by="dpo")
+TRAIN_LOG = TableSpec("train_log", 2, TrainStep, key="step", order=("step",), made_by="dpo")
 EVALS = TableSpec("evals", 2, EvalResult, key="question_id", order=("category", "question_id"), made_by="eval")
 
 TABLES = {spec.name: spec for spec in (SAMPLES, QUESTIONS, KEYFRAMES, ANSWERS, CRITIQUES, CANDIDATES, PAIRS,

@@ -22,6 +22,10 @@ KINDS = ("spatial", "temporal", "what", "why", "how")
 CRITIQUE_MODES = ("critique", "judge")
 # Temporal perturbations of the sampled frames (stages/core/temporal.py): TimeWarp's, TPO's and TEMPLE's negatives.
 PERTURBATIONS = ("reverse", "shuffle", "drop")
+# The temporal level of DPO perturbs the vision tower's features, so only their order: a cut would change the tokens.
+PATCH_PERTURBATIONS = ("reverse", "shuffle")
+# VistaDPO's levels, in the order `[dpo] levels` weighs them.
+LEVELS = ("instance", "temporal", "perceptive")
 # SeViLA's keyframe localizers: the policy asked about each frame, or CLIP's question-frame similarity.
 LOCALIZERS = ("policy", "clip")
 SWAPS = ("auto", "on", "off")
@@ -212,6 +216,14 @@ class TrainConfig:
     gradient_checkpointing: bool = setting(True, "Recompute activations in backward instead of keeping them.")
     four_bit: bool = setting(True, "QLoRA on a 4-bit NF4 base; --no-4bit trains plain LoRA on a bf16/fp32 base.",
                              flag="--4bit/--no-4bit")
+    levels: tuple[float, ...] = setting((1.0, 0.0, 0.0), "VistaDPO's levels, the weight of each term: instance (the "
+                                                         "chosen reply over the rejected one), temporal (the chosen "
+                                                         "reply under the true video over it under a perturbed one) "
+                                                         "and perceptive (over it with the question's keyframes "
+                                                         "masked). 1,0,0: plain DPO.", min=0.0)
+    level_perturbation: str = setting("reverse", "The temporal level's perturbed video: its temporal patches "
+                                                 "reversed or shuffled (seeded by the pair).",
+                                      choices=PATCH_PERTURBATIONS)
 
 
 @dataclass(frozen=True)
