@@ -9,7 +9,7 @@ model's kind ceiling, which stops seeds 0-2 at or before the steps they took the
 Options: ``--seeds 0 1 2``; ``--selectors oracle random`` (a subset); ``--root DIR`` (default a temporary folder,
 removed at the end unless ``--keep``); ``--out docs/FIDELITY.md``; ``--json FILE``; ``--jobs N`` (savi commands at
 once, one thread each: default 2); ``--dpo-steps``, ``--dpo-lr``, ``--beta``, ``--dpo-loss``, ``--dpo-tune`` (the
-round's DPO).
+round's DPO); ``--model-eval-every`` (how often the world model is evaluated while it trains, so where it stops).
 
 What it does, per seed
 ----------------------
@@ -80,6 +80,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the table, with its command, to this file")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--dpo-steps", type=int, default=300)
+    parser.add_argument("--model-eval-every", type=int, default=None,
+                        help="savi tiny-model --eval-every for the world model (default: its own)")
     parser.add_argument("--dpo-lr", type=float, default=6e-4)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--dpo-loss", default="rpo", help="savi dpo --loss (rpo, sigmoid, clip-weighted)")
@@ -125,7 +127,8 @@ def one_seed(folder: Path, seed: int, args: argparse.Namespace) -> dict:
     # The world model and the CLIP learn from different splits, so they train side by side, one core each.
     clip_world = ["--world", world] if any(name.startswith("clip") for name in args.selectors) else []
     in_lanes(args.jobs, [
-        lambda: timed_savi(seconds, "model", env, "tiny-model", model, "--world", world, "--seed", seed),
+        lambda: timed_savi(seconds, "model", env, "tiny-model", model, "--world", world, "--seed", seed,
+                           *(["--eval-every", args.model_eval_every] if args.model_eval_every else [])),
         # oracle and random ignore CLIP's scores: `savi filter` only needs a CLIP to run, and an untrained one will do
         lambda: timed_savi(seconds, "clip", env, "tiny-clip", clip, *clip_world, "--seed", seed),
     ])
