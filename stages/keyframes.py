@@ -94,10 +94,12 @@ def run(run: Run, round: int, cfg: KeyframesConfig, model_cfg: ModelConfig, clip
                 for q, scores in zip(batch, policy_scores(policy, prompt, videos, [q.text for q in batch])):
                     writer.add(_row(q, "policy", scores, cfg.top_k, prompt.version, policy.name))
                     tick()
-        for q in todo if scorer else []:
-            embeddings = scorer.frame_embeddings(run, samples[q.video_id])
-            writer.add(_row(q, "clip", clip_scores(scorer, embeddings, q.text), cfg.top_k, "", scorer.fingerprint))
-            tick()
+        elif cfg.localizer == "clip":
+            for q in todo:
+                embeddings = scorer.frame_embeddings(run, samples[q.video_id])
+                writer.add(_row(q, "clip", clip_scores(scorer, embeddings, q.text), cfg.top_k, "",
+                                scorer.fingerprint))
+                tick()
     finally:
         writer.close()
 
