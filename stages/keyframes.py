@@ -68,7 +68,7 @@ def run(run: Run, round: int, cfg: KeyframesConfig, model_cfg: ModelConfig, clip
     questions_art = run.require("questions", round)
     questions: list[Question] = questions_art.read()
     samples = {s.video_id: s for s in run.artifact("samples").read()}
-    params = {**asdict(cfg)}
+    params = asdict(cfg)
     adapter = prompt = scorer = None
     if cfg.localizer == "policy":
         adapter = adapter_for_round(run, round)
