@@ -1,7 +1,7 @@
 """Proof that a round helps: one round of savi in a world whose truth is known, judged four ways.
 
-Run from the repository root (CPU only, nothing downloaded; 16 minutes a seed on two cores before the world
-model's kind ceiling, which stops seeds 0-2 at or before the steps they took then; see docs/FIDELITY.md):
+Run from the repository root (CPU only, nothing downloaded; about 16 minutes a seed on a quiet 2-core machine,
+12 with the oracle and random selectors alone; see docs/FIDELITY.md):
 
     make proof                                    # 3 seeds; writes the table to docs/FIDELITY.md
     .venv/bin/python benchmarks/proof_round.py --seeds 0          # one seed, table on stdout only
@@ -17,7 +17,7 @@ What it does, per seed
    direction, in train, judge, pool, val and test splits (`stages/offline/world.py`).
 2. **A model that knows it, imperfectly** (`savi tiny-model --world`): a tiny Qwen2.5-VL of the real configuration,
    fine-tuned on the train split until its validation accuracy reaches 0.55, with each kind of question at 0.4 or
-   more (chance: 0.25); a kind rests from training once it reaches 0.7.
+   more (chance: 0.25), evaluated every 50 steps; a kind rests from training once it reaches 0.7.
 3. **A CLIP that knows it** (`savi tiny-clip --world`): a tiny CLIP trained on the judge split, on single frames
    and on 2x2 time-ordered grids.
 4. **The round's answers**: the pool clips are sampled (`savi sample`), their questions taken as the round's, with
@@ -30,7 +30,7 @@ What it does, per seed
      better; per-frame cosines, mean-pooled);
    - *clip-grid*: the same with `--clip-frames grid`, a grounding score that sees the frames' order;
    - *random*: every candidate, oriented by a coin (the control).
-6. **DPO** on each selector's pairs (`savi dpo --tune full --loss rpo --lr 6e-4`, 300 steps of 8 pairs: trl with
+6. **DPO** on each selector's pairs (`savi dpo --tune full --loss rpo --lr 6e-4`, 600 steps of 8 pairs: trl with
    savi's video collator, training the language model's layers and the projector whole; a LoRA does not move a
    model this small, see docs/FIDELITY.md), then **evaluation** of the base and of each trained model on the 600
    test questions (`savi eval world --protocol likelihood`: each option's whole reply scored).
@@ -79,7 +79,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep --root's temporary folder")
     parser.add_argument("--out", type=Path, default=None, help="write the table, with its command, to this file")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--dpo-steps", type=int, default=300)
+    parser.add_argument("--dpo-steps", type=int, default=600,
+                        help="at 300 the truth's pairs moved seeds 0 and 2 by +4 points only (docs/FIDELITY.md)")
     parser.add_argument("--model-eval-every", type=int, default=None,
                         help="savi tiny-model --eval-every for the world model (default: its own)")
     parser.add_argument("--dpo-lr", type=float, default=6e-4)
