@@ -4,7 +4,9 @@ Command modules import only Typer at the top; the engine (and torch) is imported
 `savi --help` answers instantly.
 """
 
+import io
 import logging
+import os
 import sys
 import warnings
 
@@ -41,7 +43,7 @@ app = typer.Typer(
 )
 
 @app.callback()
-def main() -> None:
+def main(ctx: typer.Context) -> None:
     # Stages log warnings (4-bit on CPU, batch size lowered); show them as plain lines on stderr.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="warning: %(message)s")
     # On AVX-512 BF16 CPUs bitsandbytes asks for an optional kernel package from the model hub; its own slower
@@ -49,6 +51,41 @@ def main() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # Deprecation notices from inside transformers/peft are for their developers; a savi user cannot act on them.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    share_out_a_launch(ctx.invoked_subcommand)
+
+
+# The commands whose work the processes of an `accelerate launch` share (the model stages, and DPO's training).
+LAUNCHED = {"ask", "keyframes", "answer", "critique", "eval", "dpo"}
+
+
+def share_out_a_launch(command: str | None) -> None:
+    """Under `accelerate launch` every process runs the same command. The main one prints the table's path and the
+    summary, the others only their errors (one line each, as ever); a command with nothing to share runs in the
+    main process alone."""
+    from stages.core.launch import current
+
+    if not current().is_main:
+        if command not in LAUNCHED:
+            raise typer.Exit(0)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+        sys.stderr = ErrorLinesOnly(sys.stderr)
+        logging.getLogger().setLevel(logging.ERROR)
+
+
+class ErrorLinesOnly(io.TextIOBase):
+    """A stream that passes on only the lines that begin with "Error:" (what a stage did is the main process's
+    to say)."""
+
+    def __init__(self, stream: io.TextIOBase):
+        self.stream, self.pending = stream, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if line.startswith("Error:"):
+                self.stream.write(line + "\n")
+                self.stream.flush()
+        return len(text)
 
 
 app.command("sample")(sample.sample)

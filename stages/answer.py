@@ -21,6 +21,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from stages.core import launch as launches
 from stages.core.errors import SaviError
 from stages.core.model import (
     Decoding,
@@ -41,7 +42,6 @@ from stages.core.store import (
     StageResult,
     file_sha256,
     fingerprint,
-    ticker,
 )
 from stages.core.temporal import frame_order
 from stages.keyframes import keyframes_of
@@ -93,7 +93,8 @@ def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prom
     else:  # likewise for keyframes
         del params["keyframes"]
     art = run.artifact("answers", round)
-    writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True)
+    writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True,
+                            launch=launches.current())
     if writer.up_to_date:
         return writer.cached_result()
 
@@ -101,13 +102,14 @@ def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prom
     slots += [Slot(q, 0, cfg.temperatures[0], kind) for q in questions
               if takes_temporal(q.question_id, cfg.temporal_share, model_cfg.seed) for kind in cfg.temporal]
     todo = [s for s in slots if s.answer_id not in writer.done_items]
-    tick = ticker(progress, len(todo))
+    tick = writer.ticker(progress, len(todo))
     policy = Policy.load(model_cfg, adapter, run=run) if todo else None
     try:
         # A batch is sampled at one temperature, so batches are formed per temperature, videos kept together.
         for temperature in sorted({s.temperature for s in todo}):
             group = sorted((s for s in slots if s.temperature == temperature), key=lambda s: s.question.video_id)
-            for batch in pending_batches(group, model_cfg.batch_size, lambda s: s.answer_id in writer.done_items):
+            for batch in pending_batches(group, model_cfg.batch_size, lambda s: s.answer_id in writer.done_items,
+                                         writer.launch):
                 videos = {vid: load_video(run, samples[vid]) for vid in {s.question.video_id for s in batch}}
                 shown = [s.frames(videos[s.question.video_id], keyframes.get(s.question.question_id),
                                   model_cfg.seed) for s in batch]
@@ -124,6 +126,8 @@ def run(run: Run, round: int, cfg: AnswerConfig, model_cfg: ModelConfig, *, prom
                         tick()
     finally:
         writer.close()
+    if not writer.gather():  # another process of the launch finishes the table
+        return writer.share_result()
 
     current = {s.answer_id for s in slots}
     rows = [a for a in writer.records() if a.answer_id in current]

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from stages.benchmarks import Benchmark
+from stages.core import launch as launches
 from stages.core.errors import SaviError
 from stages.core.model import (
     Decoding,
@@ -37,7 +38,6 @@ from stages.core.store import (
     StageResult,
     file_sha256,
     fingerprint,
-    ticker,
 )
 
 
@@ -69,18 +69,19 @@ def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts
               "adapter": adapter_fingerprint(adapter), "seed": model_cfg.seed, "decoding": decoding.record()}
     inputs = {"samples": file_sha256(samples_art.path)}
     art = run.artifact("questions", round)
-    writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True)
+    writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True,
+                            launch=launches.current())
     if writer.up_to_date:
         return writer.cached_result()
 
     todo = [v for v in videos if v.video_id not in writer.done_items]
     per_kind = questions_per_kind(cfg.per_video, cfg.kinds)
-    tick = ticker(progress, len(todo))
+    tick = writer.ticker(progress, len(todo))
     policy = Policy.load(model_cfg, adapter, run=run) if todo else None
     try:
         # One batch of generations covers several videos, all their kinds at once.
         for chunk in pending_batches(videos, max(1, model_cfg.batch_size // len(cfg.kinds)),
-                                     lambda v: v.video_id in writer.done_items):
+                                     lambda v: v.video_id in writer.done_items, writer.launch):
             loaded = {v.video_id: load_video(run, v) for v in chunk}
             requests = [(v, kind) for v in chunk for kind in cfg.kinds]
             outputs = policy.generate(
@@ -102,6 +103,8 @@ def run(run: Run, round: int, cfg: AskConfig, model_cfg: ModelConfig, *, prompts
                     tick()
     finally:
         writer.close()
+    if not writer.gather():  # another process of the launch finishes the table
+        return writer.share_result()
 
     current = {v.video_id for v in videos}
     rows = [q for q in writer.records() if q.video_id in current]

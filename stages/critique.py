@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from stages.core import launch as launches
 from stages.core.errors import SaviError
 from stages.core.model import (
     Decoding,
@@ -42,7 +43,6 @@ from stages.core.store import (
     StageResult,
     file_sha256,
     fingerprint,
-    ticker,
 )
 
 
@@ -71,6 +71,8 @@ def run(run: Run, round: int, cfg: CritiqueConfig, model_cfg: ModelConfig, *, pr
               "decoding": _decoding(cfg).record()}
     result = _critique_answers(run, round, cfg, model_cfg, adapter, prompt, answers, questions, params,
                                {"answers": file_sha256(answers_art.path)}, force, progress)
+    if not launches.current().is_main:  # the main process of a launch derives the pairs
+        return result
     _write_candidates(run, round, cfg, every_answer, questions, params, force)
     return result
 
@@ -80,7 +82,8 @@ def _critique_answers(run: Run, round: int, cfg: CritiqueConfig, model_cfg: Mode
                       inputs: dict[str, Any], force: bool, progress: Progress | None) -> StageResult:
     """The critiques table: one critique (or judgement) per answer, resumable answer by answer."""
     art = run.artifact("critiques", round)
-    writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True)
+    writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True,
+                            launch=launches.current())
     if writer.up_to_date:
         return writer.cached_result()
 
@@ -89,11 +92,11 @@ def _critique_answers(run: Run, round: int, cfg: CritiqueConfig, model_cfg: Mode
 
     ordered = sorted(answers, key=lambda a: a.video_id)
     todo = [a for a in ordered if not done(a)]
-    tick = ticker(progress, len(todo))
+    tick = writer.ticker(progress, len(todo))
     samples = {s.video_id: s for s in run.artifact("samples").read()}
     policy = Policy.load(model_cfg, adapter, run=run) if todo else None
     try:
-        for batch in pending_batches(ordered, model_cfg.batch_size, done):
+        for batch in pending_batches(ordered, model_cfg.batch_size, done, writer.launch):
             videos = [load_video(run, samples[a.video_id]) for a in batch]
             qs = [questions[a.question_id].text for a in batch]
             rows = (_critique_and_revise if cfg.mode == "critique" else _judge)(policy, prompt, cfg, batch, qs,
@@ -103,6 +106,8 @@ def _critique_answers(run: Run, round: int, cfg: CritiqueConfig, model_cfg: Mode
                     tick()
     finally:
         writer.close()
+    if not writer.gather():  # another process of the launch finishes the table
+        return writer.share_result()
 
     current = {critique_id(a, cfg.mode) for a in answers}
     critiques = [c for c in writer.records() if c.critique_id in current]

@@ -56,6 +56,7 @@ from stages.benchmarks.protocol import (
     reply_tokens,
     system_message,
 )
+from stages.core import launch as launches
 from stages.core.clip import ClipScorer
 from stages.core.errors import SaviError
 from stages.core.model import (
@@ -81,7 +82,6 @@ from stages.core.store import (
     file_sha256,
     open_run,
     slug,
-    ticker,
     write_json,
 )
 from stages.core.temporal import frame_order
@@ -176,7 +176,8 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
               "videos_found": len(present)}
     art = run.eval_artifact(name, round)
     summary_path = _summary_path(art)
-    writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True)
+    writer = ArtifactWriter(art, params=params, inputs=inputs, force=force, incremental=True,
+                            launch=launches.current())
     if writer.up_to_date:
         summary = json.loads(summary_path.read_text())
         return EvalOutcome(name, writer.cached_result(), summary, summary_path, _submission_path(art.path, bench))
@@ -186,12 +187,12 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
 
     ordered = sorted(present, key=lambda i: str(i.video))
     todo = [i for i in ordered if not done(i)]
-    tick = ticker(progress, len(todo))
+    tick = writer.ticker(progress, len(todo))
     policy = Policy.load(model_cfg, adapter, run=run) if todo else None
     try:
         # Batches are cut from all the questions, as a run that was never interrupted cuts them: a question is
         # scored beside the same others (padded alike), so a resumed table holds the very same numbers.
-        batches = list(pending_batches(ordered, model_cfg.batch_size, done))
+        batches = list(pending_batches(ordered, model_cfg.batch_size, done, writer.launch))
         sampling = lmms_eval_sampling(family, cfg.frames) if family else None
         for batch, videos in _decoded_batches(batches, cfg, sampling, model_cfg.seed):
             shown = {item.question_id: videos[_video_key(item)] for item in batch}
@@ -202,6 +203,8 @@ def run(run: Run, round: int, source: BenchmarkSource, cfg: EvalConfig, model_cf
                     tick()
     finally:
         writer.close()
+    if not writer.gather():  # another process of the launch finishes the table
+        return EvalOutcome(name, writer.share_result(), {}, summary_path, None)
 
     # The summary is written before the manifest, so a finished table always has one.
     current = {i.question_id for i in present}

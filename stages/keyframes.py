@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.core import launch as launches
 from stages.core.clip import ClipConfig, ClipScorer
 from stages.core.errors import SaviError
-from stages.core.model import Policy, Video, adapter_fingerprint, adapter_for_round, load_video
+from stages.core.model import Policy, Video, adapter_fingerprint, adapter_for_round, load_video, pending_batches
 from stages.core.prompts import Prompt, load_prompts
 from stages.core.records import Keyframes, Question
 from stages.core.settings import LOCALIZERS, KeyframesConfig, ModelConfig
-from stages.core.store import ArtifactWriter, Progress, Run, StageResult, file_sha256, ticker
+from stages.core.store import ArtifactWriter, Progress, Run, StageResult, file_sha256
 
 # How a frame's "yes" and "no" may begin the reply (`Policy.score_labels` sums the spellings).
 YES_NO = (("yes", "Yes"), ("no", "No"))
@@ -78,30 +79,36 @@ def run(run: Run, round: int, cfg: KeyframesConfig, model_cfg: ModelConfig, clip
         scorer = ClipScorer.load(clip_cfg)
         params["clip"] = scorer.fingerprint
     writer = ArtifactWriter(run.artifact("keyframes", round), params=params,
-                            inputs={"questions": file_sha256(questions_art.path)}, force=force, incremental=True)
+                            inputs={"questions": file_sha256(questions_art.path)}, force=force, incremental=True,
+                            launch=launches.current())
     if writer.up_to_date:
         return writer.cached_result()
 
-    todo = sorted((q for q in questions if q.question_id not in writer.done_items), key=lambda q: q.video_id)
-    tick = ticker(progress, len(todo))
+    def done(q: Question) -> bool:
+        return q.question_id in writer.done_items
+
+    ordered = sorted(questions, key=lambda q: q.video_id)
+    todo = [q for q in ordered if not done(q)]
+    tick = writer.ticker(progress, len(todo))
     try:
         if cfg.localizer == "policy" and todo:
             policy = Policy.load(model_cfg, adapter, run=run)
             # A few questions at a time: their frames fill the policy's batches, and each is written when scored.
-            for start in range(0, len(todo), model_cfg.batch_size):
-                batch = todo[start:start + model_cfg.batch_size]
+            for batch in pending_batches(ordered, model_cfg.batch_size, done, writer.launch):
                 videos = [load_video(run, samples[q.video_id]) for q in batch]
                 for q, scores in zip(batch, policy_scores(policy, prompt, videos, [q.text for q in batch])):
-                    writer.add(_row(q, "policy", scores, cfg.top_k, prompt.version, policy.name))
-                    tick()
+                    if writer.add(_row(q, "policy", scores, cfg.top_k, prompt.version, policy.name)):
+                        tick()
         elif cfg.localizer == "clip":
-            for q in todo:
+            for (q,) in pending_batches(ordered, 1, done, writer.launch):
                 embeddings = scorer.frame_embeddings(run, samples[q.video_id])
                 writer.add(_row(q, "clip", clip_scores(scorer, embeddings, q.text), cfg.top_k, "",
                                 scorer.fingerprint))
                 tick()
     finally:
         writer.close()
+    if not writer.gather():  # another process of the launch finishes the table
+        return writer.share_result()
 
     current = {q.question_id for q in questions}
     rows = [k for k in writer.records() if k.question_id in current]

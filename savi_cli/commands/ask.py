@@ -8,6 +8,7 @@ from savi_cli.errors import user_errors
 from savi_cli.options import ForceOpt, InputArg, PromptsOpt, RoundOpt, StageRunOpt, WorkspaceOpt, with_settings
 from savi_cli.output import report
 from savi_cli.progress import progress_bar
+from stages.core.launch import current as current_launch
 from stages.core.settings import AskConfig, ModelConfig
 
 
@@ -47,12 +48,14 @@ def ask(input: InputArg = None, run: StageRunOpt = None, round: RoundOpt = None,
         if benchmark is None or data is None:
             raise SaviError("--from and --data go together: `savi ask --from BENCHMARK --data PATH`")
         bench = read_benchmark(benchmark, data, split)
+        if not current_launch().is_main:  # no model here: the main process of a launch does it alone
+            return
         with the_run.lock():
             result = ask_stage.from_benchmark(the_run, the_round, bench, force=force)
         report(result, "videos")
         return
     cfg = resolve(the_run, AskConfig, settings[AskConfig])
-    with the_run.lock():
+    with the_run.lock(current_launch()):
         result = ask_stage.run(the_run, the_round, cfg, resolve_model(the_run, settings[ModelConfig]),
                                prompts_dir=prompts, force=force,
                                progress=lambda total: progress_bar(total, "ask", "video"))

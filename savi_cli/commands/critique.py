@@ -3,6 +3,7 @@ from savi_cli.errors import user_errors
 from savi_cli.options import ForceOpt, InputArg, PromptsOpt, RoundOpt, StageRunOpt, WorkspaceOpt, with_settings
 from savi_cli.output import report
 from savi_cli.progress import progress_bar
+from stages.core.launch import current as current_launch
 from stages.core.settings import CritiqueConfig, ModelConfig
 
 
@@ -25,7 +26,7 @@ def critique(input: InputArg = None, run: StageRunOpt = None, round: RoundOpt = 
 
     the_run, the_round = pipes.resolve(input, run, round, workspace)
     cfg = resolve(the_run, CritiqueConfig, settings[CritiqueConfig])
-    with the_run.lock():
+    with the_run.lock(current_launch()):
         result = critique_stage.run(the_run, the_round, cfg, resolve_model(the_run, settings[ModelConfig]),
                                     prompts_dir=prompts, force=force,
                                     progress=lambda total: progress_bar(total, "critique", "answer"))

@@ -3,6 +3,7 @@ from savi_cli.errors import user_errors
 from savi_cli.options import CLIP_SCORING, ForceOpt, InputArg, RoundOpt, StageRunOpt, WorkspaceOpt, with_settings
 from savi_cli.output import report
 from savi_cli.progress import progress_bar
+from stages.core.launch import current as current_launch
 from stages.core.settings import ClipConfig, ModelConfig, TrainConfig
 
 
@@ -34,7 +35,7 @@ def dpo(input: InputArg = None, run: StageRunOpt = None, round: RoundOpt = None,
 
     the_run, the_round = pipes.resolve(input, run, round, workspace)
     cfg = resolve(the_run, TrainConfig, settings[TrainConfig])
-    with the_run.lock():
+    with the_run.lock(current_launch()):
         result = dpo_stage.run(the_run, the_round, cfg, resolve_model(the_run, settings[ModelConfig]),
                                resolve(the_run, ClipConfig, settings[ClipConfig]), force=force,
                                progress=lambda total: progress_bar(total, "dpo", "step"))

@@ -6,6 +6,7 @@ import typer
 from savi_cli.errors import user_errors
 from savi_cli.options import CLIP_SCORING, ForceOpt, WorkspaceOpt, with_settings
 from savi_cli.progress import progress_bar
+from stages.core.launch import current as current_launch
 from stages.core.settings import ClipConfig, EvalConfig, ModelConfig
 
 BENCHMARK_NAMES = "egoschema, mvbench, nextqa, perceptiontest, tempcompass, longvideobench, videomme, world"
@@ -65,8 +66,11 @@ def eval_command(
         round = eval_stage.latest_trained_round(the_run)
     source = eval_stage.BenchmarkSource(benchmark, data, split, videos)
     cfg = resolve(the_run, EvalConfig, settings[EvalConfig])
-    with the_run.lock():
+    launch = current_launch()
+    with the_run.lock(launch):
         if rescore:
+            if not launch.is_main:  # no model: the main process of a launch rescores alone
+                return
             outcomes = [eval_stage.rescore(the_run, round, source, cfg)]
         else:
             outcomes = eval_stage.evaluate(the_run, round, source, cfg,
@@ -74,6 +78,8 @@ def eval_command(
                                            resolve(the_run, ClipConfig, settings[ClipConfig]), force=force,
                                            progress=lambda total: progress_bar(total, f"eval {benchmark}",
                                                                                "question"))
+    if not launch.is_main:  # its share is written; the main process reports the whole
+        return
     for outcome in outcomes:
         drop = true_order_change(the_run, outcome.table, round)
         versus = f"; vs the true order {drop}" if drop else ""

@@ -12,6 +12,7 @@ from savi_cli.options import (
 )
 from savi_cli.output import report
 from savi_cli.progress import progress_bar
+from stages.core.launch import current as current_launch
 from stages.core.settings import ClipConfig, KeyframesConfig, ModelConfig
 
 
@@ -36,7 +37,7 @@ def keyframes(input: InputArg = None, run: StageRunOpt = None, round: RoundOpt =
     the_run, the_round = pipes.resolve(input, run, round, workspace)
     cfg = resolve(the_run, KeyframesConfig, settings[KeyframesConfig])
     clip_cfg = resolve(the_run, ClipConfig, settings[ClipConfig])
-    with the_run.lock():
+    with the_run.lock(current_launch()):
         result = keyframes_stage.run(the_run, the_round, cfg, resolve_model(the_run, settings[ModelConfig]),
                                      clip_cfg, prompts_dir=prompts, force=force,
                                      progress=lambda total: progress_bar(total, "keyframes", "question"))

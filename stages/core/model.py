@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.core import launch as launches
 from stages.core.config import remember_model
 from stages.core.errors import SaviError, first_line
 from stages.core.hub import hub_host, offline, offline_declared, reachable
@@ -500,14 +501,18 @@ def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i:i + size] for i in range(0, len(items), max(1, size))]
 
 
-def pending_batches(items: Sequence[Any], size: int, done: Callable[[Any], bool]) -> Iterator[Sequence[Any]]:
-    """Batches of `items` that still hold work, cut from the whole list rather than from what is left.
+def pending_batches(items: Sequence[Any], size: int, done: Callable[[Any], bool],
+                    launch: launches.Launch = launches.Launch()) -> Iterator[Sequence[Any]]:
+    """This process's batches of `items` that still hold work, cut from the whole list rather than from what is
+    left.
 
     So a resumed run forms the same batches as an uninterrupted one and, with per-batch seeds, draws the same
-    samples: a half-done batch is generated again whole, and only its missing items are kept.
+    samples: a half-done batch is generated again whole, and only its missing items are kept. In a launch of n
+    processes (`stages/core/launch.py`) the process of rank r takes batches r, r + n, ... of that same list, so the
+    launch writes what one process would.
     """
-    for batch in chunks(items, size):
-        if not all(done(item) for item in batch):
+    for index, batch in enumerate(chunks(items, size)):
+        if launch.takes(index) and not all(done(item) for item in batch):
             yield batch
 
 
@@ -612,7 +617,11 @@ def resolve_device(device: str) -> str:
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        # In a launch each process takes the GPU of its local rank (accelerate's convention).
+        launch = launches.current()
+        return f"cuda:{launch.local_rank}" if launch.parallel else "cuda"
     try:
         kind = torch.device(device).type
     except (RuntimeError, ValueError):

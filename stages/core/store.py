@@ -14,6 +14,10 @@ How a table is written (`ArtifactWriter`):
 3. `finish()` merges the previous table (if any) and the parts, drops duplicate keys, sorts, and writes the
    table atomically. Only then is the manifest written. The parts folder is removed last.
 
+Under `accelerate launch` (`stages/core/launch.py`) every process of the launch opens the same writer and flushes
+its own parts (`part-r<rank>-*`); only the main process clears old parts, and `gather()` lets it alone finish the
+table once every process has flushed its share.
+
 A kill at any moment therefore leaves either a finished table (its manifest exists), or a parts folder from
 which the same command resumes, skipping every key already flushed. The manifest is the proof of completion:
 readers and DuckDB views only see tables that have one.
@@ -42,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from stages.core import launch as launches
 from stages.core.errors import SaviError, first_line
 from stages.core.records import SCHEMA_METADATA_KEY, TABLES, TableSpec, from_arrow, to_arrow, upgrade
 
@@ -247,11 +252,19 @@ class Run:
             os.close(fd)
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, launch: launches.Launch = launches.Launch()) -> Iterator[None]:
         """Hold the run for one writing command. A second one gets a clear error instead of interleaving writes.
 
         flock is released by the kernel when the process dies, so a killed command never leaves a stale lock.
+        For a command whose work the processes of a launch share (`launch`, see `stages/core/launch.py`), the main
+        process holds it for all of them and tells them whether it got it; a process refused for that reason leaves
+        the one error line to the main one.
         """
+        if not launch.is_main:
+            if launch.from_main(None) is not None:
+                raise SystemExit(1)
+            yield
+            return
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         lock_file = self.path / ".lock"
@@ -261,10 +274,14 @@ class Run:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = lock_file.read_text().strip() or "unknown"
-                raise SaviError(f"run '{self.name}' is in use by another savi process ({holder}); "
-                                "wait for it to finish or stop it") from None
+                refusal = (f"run '{self.name}' is in use by another savi process ({holder}); wait for it to finish "
+                           "or stop it")
+                launch.from_main(refusal)
+                raise SaviError(refusal) from None
+            launch.from_main(None)
+            holder = f"pid {os.getpid()} on {socket.gethostname()}"
             os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+            os.write(fd, (holder + (f", the main process of {launch.describe()}" if launch.parallel else "")).encode())
             yield
         finally:
             if created and os.listdir(self.path) == [".lock"]:
@@ -427,7 +444,8 @@ def written_tables(artifact: Artifact, *, with_table: bool = True) -> list[pa.Ta
         try:
             tables.append(read_table(part, artifact.spec))
         except SaviError:
-            os.replace(part, part.with_suffix(".damaged"))
+            with contextlib.suppress(FileNotFoundError):  # another process of a launch set it aside first
+                os.replace(part, part.with_suffix(".damaged"))
             log.warning(f"{part} is damaged: set aside as {part.with_suffix('.damaged').name}; its items are "
                         "done again")
     return tables
@@ -461,6 +479,9 @@ class ArtifactWriter:
     An item is the unit of work (a video for `ask`, an answer for `critique`): its records are flushed together,
     so a kill never leaves half of an item, and an item with no records still counts as done.
 
+    With `launch` (a stage under `accelerate launch`), every process of the launch opens the writer, takes its share
+    of the items (`model.pending_batches`), and calls `gather()` before the main process alone finishes the table.
+
     `params` decide whether existing work may be reused: different params refuse without `force`. `force` redoes
     every item, and the finished table stays in place (readable, and the one a crash leaves) until the new one is
     whole; a killed redo resumes as a redo.
@@ -476,6 +497,9 @@ class ArtifactWriter:
     incremental: bool = False
     flush_rows: int = 64
     flush_seconds: float = 1.0
+    # The processes that share the table's items (a stage's `launches.current()`); the default, one process, for
+    # a table whose items one process writes.
+    launch: launches.Launch = dataclasses.field(default_factory=launches.Launch)
 
     def __post_init__(self) -> None:
         self.done_items: set[Any] = set()
@@ -484,9 +508,14 @@ class ArtifactWriter:
         self.replacing = False  # redoing a finished table (--force): the old one stays until this one is whole
         self._buffer: list[Any] = []
         self._buffer_empty_items: list[Any] = []
+        self._buffer_items: list[Any] = []
+        self._flushed_items = 0
+        self._display: _LaunchDisplay | None = None
         self._last_flush = self._started = time.monotonic()
         self._added = 0
         self._open()
+        # No process of a launch flushes a part before the main one has cleared the old ones.
+        self.launch.wait_for_everyone()
 
     @property
     def spec(self) -> TableSpec:
@@ -494,19 +523,25 @@ class ArtifactWriter:
 
     def _open(self) -> None:
         art, params_hash = self.artifact, fingerprint(self.params)
-        if art.parts_dir.is_dir() and not (art.parts_dir / "started.json").is_file():
+        clears = self.launch.is_main  # the other processes of a launch leave the parts folder to the main one
+        if clears and art.parts_dir.is_dir() and not (art.parts_dir / "started.json").is_file():
             # Killed between creating the folder and writing started.json, which precedes every part: empty.
             shutil.rmtree(art.parts_dir, ignore_errors=True)
+        if clears:  # an earlier launch's progress counts this one's from zero
+            for old in art.parts_dir.glob("progress-r*.json"):
+                old.unlink(missing_ok=True)
         if self.force:
             # Redo everything, but keep the finished table (and whatever reads it) until the new one is whole:
             # only the parts of an earlier unfinished run go.
-            shutil.rmtree(art.parts_dir, ignore_errors=True)
+            if clears:
+                shutil.rmtree(art.parts_dir, ignore_errors=True)
             self.replacing, self._first_started_at = True, _now()
             return
         manifest = art.manifest() if art.complete else None
         started = self._read_started()
         if manifest is not None and started is None:
-            _remove_parts(art)
+            if clears:
+                _remove_parts(art)
             if manifest["params_hash"] != params_hash:
                 raise SaviError(f"{art.path} was made with different parameters "
                                 f"({_describe_change(manifest['params'], self.params)}); "
@@ -525,6 +560,10 @@ class ArtifactWriter:
         self.replacing = bool(started and started.get("replaces"))
         self._first_started_at = started["started_at"] if started else _now()
         self.done_items = written_items(art, with_table=not self.replacing)
+
+    def share_result(self) -> StageResult:
+        """The result of a process of a launch whose share is written and whose table another process finishes."""
+        return StageResult(self.artifact.path, self._flushed_items, self._added, False, {})
 
     def cached_result(self) -> StageResult:
         """The result of a stage whose table was already up to date."""
@@ -548,6 +587,7 @@ class ArtifactWriter:
         if item in self.done_items:
             return False
         self.done_items.add(item)
+        self._buffer_items.append(item)
         self._buffer.extend(records)
         if not records:
             self._buffer_empty_items.append(item)
@@ -565,12 +605,18 @@ class ArtifactWriter:
             parts.mkdir(parents=True, exist_ok=True)
             write_json(parts / "started.json", {"params": self.params, "params_hash": fingerprint(self.params),
                                                 "started_at": self._first_started_at, "replaces": self.replacing})
-        index = len(list(parts.glob("part-*.parquet.part")))
-        while (parts / f"part-{index:06d}.parquet.part").exists():
+        # Each process of a launch numbers its own parts, so two never take the same name.
+        prefix = f"part-r{self.launch.rank}-" if self.launch.parallel else "part-"
+        index = len(list(parts.glob(f"{prefix}*.parquet.part")))
+        while (parts / f"{prefix}{index:06d}.parquet.part").exists():
             index += 1
         table = _with_empty_items(to_arrow(self.spec, self._buffer), self._buffer_empty_items, self.spec)
-        write_parquet(parts / f"part-{index:06d}.parquet.part", table)
-        self._buffer, self._buffer_empty_items = [], []
+        write_parquet(parts / f"{prefix}{index:06d}.parquet.part", table)
+        self._flushed_items += len(self._buffer_items)
+        if self.launch.parallel:
+            write_json(parts / f"progress-r{self.launch.rank}.json",
+                       {"items": self._flushed_items, "rows": self._added})
+        self._buffer, self._buffer_empty_items, self._buffer_items = [], [], []
         self._last_flush = time.monotonic()
 
     def finish(self, counts: dict[str, Any] | None = None, notes: dict[str, Any] | None = None,
@@ -583,6 +629,9 @@ class ArtifactWriter:
         """
         self.flush()
         art = self.artifact
+        # In a launch, the rows the other processes added too (read before the parts folder goes).
+        added = self._added + sum(state.get("rows", 0) for rank, state in self._progress_files().items()
+                                  if rank != self.launch.rank)
         merged = pa.concat_tables(written_tables(art, with_table=not self.replacing) or [to_arrow(self.spec, [])])
         merged = _drop_duplicate_keys(merged, self.spec.key)
         stale = 0
@@ -606,7 +655,7 @@ class ArtifactWriter:
             "params_hash": fingerprint(self.params),
             "inputs": self.inputs,
             "rows": merged.num_rows,
-            "rows_added": self._added,
+            "rows_added": added,
             "counts": counts or {},
             "notes": {**(notes or {}), **({"stale_rows_dropped": stale} if stale else {})},
             "started_at": self._first_started_at,
@@ -614,6 +663,7 @@ class ArtifactWriter:
             "seconds_last_session": round(time.monotonic() - self._started, 3),
             "resumed": self.resumed,
             "host": socket.gethostname(),
+            "processes": self.launch.size,
         }
         write_json(art.manifest_path, manifest)
         _remove_parts(art)
@@ -631,6 +681,66 @@ class ArtifactWriter:
     def close(self) -> None:
         """Flush what is done without finishing (on an error or Ctrl-C), so a rerun resumes from here."""
         self.flush()
+
+    def ticker(self, progress: Progress | None, total: int) -> Callable[[], None]:
+        """The tick of a progress display over the `total` items still to do, called once per item this process
+        finishes. In a launch the main process's display also counts the items the other processes have flushed,
+        and the others show none."""
+        if not self.launch.parallel:
+            return ticker(progress, total)
+        if not self.launch.is_main or not progress or not total:
+            return lambda: None
+        self._display = _LaunchDisplay(progress(total), self._progress_of_others)
+        return self._display.tick
+
+    def gather(self) -> bool:
+        """Flush this process's share of the items and, in a launch, wait for every process to flush its own.
+        True on the process that then finishes the table: the main one (the only one of a one-process command)."""
+        self.flush()
+        if not self.launch.parallel:
+            return True
+        self.artifact.parts_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.artifact.parts_dir / f"progress-r{self.launch.rank}.json",
+                   {"items": self._flushed_items, "rows": self._added, "done": True})
+        if self._display is not None:  # the display keeps moving while the other processes finish their shares
+            while sum(state.get("done", False) for state in self._progress_files().values()) < self.launch.size:
+                self._display.show_others()
+                time.sleep(0.2)
+            self._display.show_others()
+        self.launch.wait_for_everyone()
+        return self.launch.is_main
+
+    def _progress_files(self) -> dict[int, dict[str, Any]]:
+        """What each process of the launch has flushed so far: {rank: {"items": n, "done": bool}}."""
+        states = {}
+        for path in self.artifact.parts_dir.glob("progress-r*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                states[int(path.stem.removeprefix("progress-r"))] = json.loads(path.read_text())
+        return states
+
+    def _progress_of_others(self) -> int:
+        return sum(state["items"] for rank, state in self._progress_files().items() if rank != self.launch.rank)
+
+
+class _LaunchDisplay:
+    """The main process's progress display in a launch: its own items as it finishes them, and the other
+    processes' as they flush them (read at most once a second)."""
+
+    def __init__(self, tick: Callable[[], None], others: Callable[[], int]):
+        self._tick, self._others = tick, others
+        self._shown_others, self._read_at = 0, 0.0
+
+    def tick(self) -> None:
+        self._tick()
+        if time.monotonic() - self._read_at >= 1.0:
+            self.show_others()
+
+    def show_others(self) -> None:
+        self._read_at = time.monotonic()
+        others = self._others()
+        for _ in range(others - self._shown_others):
+            self._tick()
+        self._shown_others = max(others, self._shown_others)
 
 
 def _remove_parts(art: Artifact) -> None:

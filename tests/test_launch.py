@@ -1,0 +1,206 @@
+"""Model stages under `accelerate launch`: two processes on the CPU (gloo) write the tables one process writes.
+
+The launches are real: accelerate's launcher (torchrun underneath) starts two savi processes that share the
+batches (`stages/core/launch.py`). accelerate's `--cpu` launches a single process unless MPI is configured, so the
+tests launch with `--multi_gpu` on this GPU-less machine and run savi with `--device cpu`, as docs/SCALING.md says.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from builders import ask_about_each_video
+
+from stages.core.store import open_run
+
+pytestmark = pytest.mark.slow
+
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+SAVI = Path(sys.executable).with_name("savi")
+
+
+def launch_args(processes: int = 2) -> list[str]:
+    with socket.socket() as s:  # a free port for this launch's rendezvous, so tests never meet each other's
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "savi_cli"]
+
+
+def savi(*args, launched: bool = False) -> subprocess.CompletedProcess:
+    command = [*launch_args(), *args] if launched else [str(SAVI), *args]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def two_runs(run, questions: int):
+    """Run `run` with `questions` questions in round 1, and a copy of it, `twin`."""
+    ask_about_each_video(run, 1, questions, "what", "What happens")
+    shutil.copytree(run.path, run.path.with_name("twin"))
+    return run, open_run("twin")
+
+
+def table(run, name: str, round: int = 1) -> list:
+    return run.artifact(name, round).read()
+
+
+def test_answer_and_critique_launched_on_two_processes_write_one_processs_tables_row_for_row(sampled_run,
+                                                                                             tiny_model):
+    one, two = two_runs(sampled_run, 12)
+    stage_args = ["--round", "1", "--model", str(tiny_model()), "--batch-size", "2", "--device", "cpu",
+                  "--max-new-tokens", "8"]
+    for stage, extra in (("answer", ["--candidates", "2"]), ("critique", [])):
+        alone = savi(stage, "--run", one.name, *stage_args, *extra)
+        launched = savi(stage, "--run", two.name, *stage_args, *extra, launched=True)
+        assert alone.returncode == 0, alone.stderr
+        assert launched.returncode == 0, launched.stderr
+        # The main process alone reports: one line on stderr, the table's path once on stdout.
+        assert launched.stdout.strip().splitlines()[-1] == str(two.artifact(
+            "answers" if stage == "answer" else "critiques", 1).path)
+        assert launched.stderr.count("done now; table holds") == 1
+
+    for name in ("answers", "critiques", "candidates"):
+        assert table(two, name) == table(one, name), name
+    assert len(table(two, "answers")) == 24
+    manifest = two.artifact("answers", 1).manifest()
+    assert manifest["processes"] == 2 and manifest["rows_added"] == 24
+
+
+def test_eval_launched_on_two_processes_writes_one_processs_table_and_summary(tiny_model, tmp_path):
+    from stages.offline.benchmark_files import write_benchmark
+
+    data = write_benchmark("egoschema", tmp_path / "bench", questions=6)
+    common = ["egoschema", "--data", str(data), "--model", str(tiny_model()), "--frames", "4", "--device", "cpu",
+              "--batch-size", "2", "--perturb", "reverse"]
+    alone = savi("eval", *common, "--run", "one")
+    launched = savi("eval", *common, "--run", "two", launched=True)
+    assert alone.returncode == 0, alone.stderr
+    assert launched.returncode == 0, launched.stderr
+
+    one, two = open_run("one"), open_run("two")
+    for name in ("egoschema", "egoschema@reverse"):
+        assert two.eval_artifact(name, 0).read() == one.eval_artifact(name, 0).read()
+    summary_lines = [line for line in launched.stderr.splitlines() if line.startswith("egoschema")]
+    assert [line.split(";")[0] for line in summary_lines] == \
+        [line.split(";")[0] for line in alone.stderr.splitlines() if line.startswith("egoschema")]
+    assert len(summary_lines) == 2
+
+
+def _rank_pid(launcher: subprocess.Popen, rank: int) -> int | None:
+    """The pid of the launched savi process of `rank` (a descendant of the launcher with RANK=rank)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        parent = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if f"RANK={rank}".encode() in environ and _descends(parent, launcher.pid):
+            return int(proc.name)
+    return None
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+    return False
+
+
+def test_a_launch_whose_process_is_killed_does_only_the_missing_items_when_run_again(sampled_run, tiny_model):
+    one, two = two_runs(sampled_run, 48)
+    args = ["answer", "--round", "1", "--model", str(tiny_model()), "--candidates", "2", "--batch-size", "2",
+            "--device", "cpu", "--max-new-tokens", "16"]
+    parts = two.artifact("answers", 1).parts_dir
+
+    launcher = subprocess.Popen([*launch_args(), *args, "--run", two.name], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True)
+    try:
+        # Kill the second process once it has flushed a part: it has done some of its share, not all of it.
+        deadline = time.monotonic() + 300
+        while not list(parts.glob("part-r1-*.parquet.part")):
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        victim = _rank_pid(launcher, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        launcher.wait(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        launcher.communicate()
+    assert launcher.returncode != 0
+    assert not two.artifact("answers", 1).complete
+    flushed = {p.name for p in parts.glob("part-*.parquet.part")}
+    assert any(name.startswith("part-r1-") for name in flushed)
+
+    again = savi(*args, "--run", two.name, launched=True)
+    assert again.returncode == 0, again.stderr
+    assert savi(*args, "--run", one.name).returncode == 0
+
+    rows = table(two, "answers")
+    assert len(rows) == 96 and len({a.answer_id for a in rows}) == 96
+    assert rows == table(one, "answers")
+    manifest = two.artifact("answers", 1).manifest()
+    assert manifest["resumed"] and 0 < manifest["rows_added"] < 96  # what the killed launch flushed was kept
+
+
+def test_an_unrelated_answer_is_refused_while_a_launch_holds_the_run(sampled_run, tiny_model):
+    ask_about_each_video(sampled_run, 1, 24, "what", "What happens")
+    args = ["answer", "--run", sampled_run.name, "--round", "1", "--model", str(tiny_model()), "--candidates", "2",
+            "--batch-size", "2", "--device", "cpu", "--max-new-tokens", "16"]
+    parts = sampled_run.artifact("answers", 1).parts_dir
+
+    launcher = subprocess.Popen([*launch_args(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(parts.glob("part-*.parquet.part")):  # the launch is writing: it holds the run
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # Held still while the unrelated command tries, so the launch cannot finish first.
+        ranks = [_rank_pid(launcher, rank) for rank in (0, 1)]
+        for pid in ranks:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            refused = savi(*args)
+        finally:
+            for pid in ranks:
+                os.kill(pid, signal.SIGCONT)
+        _, launch_err = launcher.communicate(timeout=300)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert refused.returncode == 1
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: run '{sampled_run.name}' is in use by another savi "
+                                                   "process")
+    assert "the main process of launch" in lines[0]
+    assert launcher.returncode == 0, launch_err[-3000:]
+    assert len(table(sampled_run, "answers")) == 48
+
+
+def test_a_second_launch_on_a_held_run_is_refused_with_one_error_line(sampled_run, tiny_model):
+    ask_about_each_video(sampled_run, 1, 3, "what", "What happens")
+    with sampled_run.lock():  # an unrelated command holds the run
+        refused = savi("answer", "--run", sampled_run.name, "--round", "1", "--model", str(tiny_model()),
+                       "--device", "cpu", launched=True)
+    assert refused.returncode != 0
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "is in use by another savi process" in errors[0]
