@@ -61,6 +61,7 @@ from typing import Any
 from transformers import PrinterCallback, SchedulerType, TrainerCallback, TrainerState
 from trl import DPOTrainer
 
+from stages.core import launch as launches
 from stages.core.clip import ClipScorer
 from stages.core.errors import SaviError
 from stages.core.model import (
@@ -142,10 +143,15 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, clip_cfg
     else:  # tables made before the levels existed stay up to date
         del params["levels"], params["level_perturbation"]
     log_art = run.artifact("train_log", round)
-    if force:  # the checkpoints of an earlier training; its finished adapter stays until the new one is saved
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    writer = ArtifactWriter(log_art, params=params, inputs=inputs, force=force)
-    if writer.up_to_date and (adapter_dir / "adapter_config.json").is_file():
+    # Under `accelerate launch` every process trains (DDP, or DeepSpeed from accelerate's config), and the main one
+    # alone clears, logs and saves: it decides what is up to date and tells the others.
+    launch = launches.current()
+    writer = None
+    if launch.is_main:
+        if force:  # the checkpoints of an earlier training; its finished adapter stays until the new one is saved
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        writer = ArtifactWriter(log_art, params=params, inputs=inputs, force=force)
+    if launch.from_main(writer is not None and writer.up_to_date and (adapter_dir / "adapter_config.json").is_file()):
         return StageResult(adapter_dir, 0, 0, True, log_art.manifest()["counts"])
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # checkpointing renames
@@ -159,12 +165,20 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, clip_cfg
         else:
             trainer.train(resume_from_checkpoint=str(last) if last else None)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     final = trainer.evaluate(eval_dataset=trainer.train_dataset, metric_key_prefix="final")
-    _save_adapter(trainer.model, adapter_dir)
+    # Under FSDP or ZeRO-3 each process holds a shard of every weight: all of them gather the whole state.
+    state = trainer.accelerator.get_state_dict(trainer.model) if launches.shards_parameters() else None
+    if writer is None:  # another process of the launch saves the adapter and the log
+        launch.wait_for_everyone()
+        return StageResult(adapter_dir, len(pairs), 0, False, {})
+    _save_adapter(trainer.model, adapter_dir, state)
 
     steps = writer.records()
     counts = {"pairs": len(pairs), "steps": max((s.step for s in steps), default=0),
+              # What one optimizer step sees; the learning rate is used as given, whatever the number of processes.
+              "effective_batch": cfg.batch_size * cfg.grad_accum * launch.size, "processes": launch.size,
               "final_reward_accuracy": _metric(final, "rewards/accuracies"),
               "final_reward_margin": _metric(final, "rewards/margins"),
               "final_loss": _metric(final, "loss")}
@@ -173,6 +187,7 @@ def run(run: Run, round: int, cfg: TrainConfig, model_cfg: ModelConfig, clip_cfg
         counts[f"final_{level}_accuracy"] = _metric(final, f"{level}/accuracies")
     writer.finish(counts=counts, notes={"adapter": str(adapter_dir), "resumed_from_checkpoint": str(last or "")})
     shutil.rmtree(checkpoints, ignore_errors=True)
+    launch.wait_for_everyone()
     return StageResult(adapter_dir, len(pairs), len(steps), False, counts)
 
 
@@ -233,6 +248,9 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
         seed=model_cfg.seed,
         disable_tqdm=True,
         use_cpu=not on_gpu,
+        # Under DDP every trainable weight takes part in every step (the frozen tower runs without autograd), so
+        # DDP need not search the graph for unused ones each step.
+        ddp_find_unused_parameters=False,
         # trl would set every dropout to 0, LoRA's too; `keep_dropout_on_the_trained_adapter` decides instead.
         disable_dropout=False,
     )
@@ -612,8 +630,10 @@ def _restore_finished(trainer: Any, checkpoint: Path) -> None:
     trainer.callback_handler.on_train_begin(trainer.args, trainer.state, trainer.control)
 
 
-def _save_adapter(model: Any, adapter_dir: Path) -> None:
-    """Save the trained adapter only (not trl's "ref" copy), into place in one rename."""
+def _save_adapter(model: Any, adapter_dir: Path, state: dict[str, Any] | None = None) -> None:
+    """Save the trained adapter only (not trl's "ref" copy), into place in one rename; from `state`, the gathered
+    weights, where the processes of a launch each hold a shard of them."""
     with atomic_dir(adapter_dir) as tmp:
         # No copy of the embedding matrix: peft would add one because a full tune's host LoRA sits there.
-        model.save_pretrained(str(tmp), selected_adapters=["default"], save_embedding_layers=False)
+        model.save_pretrained(str(tmp), selected_adapters=["default"], save_embedding_layers=False,
+                              **({"state_dict": state} if state is not None else {}))

@@ -204,3 +204,78 @@ def test_a_second_launch_on_a_held_run_is_refused_with_one_error_line(sampled_ru
     assert refused.returncode != 0
     errors = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "is in use by another savi process" in errors[0]
+
+
+def test_dpo_on_two_processes_trains_the_adapter_of_one_process_with_the_same_effective_batch(sampled_run,
+                                                                                              tiny_model):
+    from builders import write_pairs
+    from safetensors.torch import load_file
+
+    write_pairs(sampled_run, 1, n=8)
+    twin = two_runs(sampled_run, 3)[1]
+    # LoRA dropout off: each process draws its own dropout masks, so with it on the two trainings differ by
+    # their random streams, not by how they share the work.
+    common = ["--round", "1", "--model", str(tiny_model()), "--no-4bit", "--max-steps", "4", "--batch-size", "2",
+              "--save-steps", "2", "--lora-dropout", "0", "--device", "cpu"]
+    alone = savi("dpo", "--run", sampled_run.name, *common, "--grad-accum", "2")
+    launched = savi("dpo", "--run", twin.name, *common, "--grad-accum", "1", launched=True)
+    assert alone.returncode == 0, alone.stderr
+    assert launched.returncode == 0, launched.stderr
+
+    one = load_file(sampled_run.round_dir(1) / "adapter" / "adapter_model.safetensors")
+    two = load_file(twin.round_dir(1) / "adapter" / "adapter_model.safetensors")
+    assert one.keys() == two.keys()
+    trained = [name for name in one if "lora_B" in name]  # B starts at zero: it is all training
+    assert all(one[name].abs().sum() > 0 for name in trained)
+    # The same pairs in the same optimizer steps: gloo sums the two halves of each step's gradient where one
+    # process accumulates them, which may differ in the last bits of float32, nothing more.
+    for name in one:
+        assert (one[name] - two[name]).abs().max() <= 1e-6 + 1e-4 * one[name].abs().max(), name
+
+    steps = [s.step for s in table(twin, "train_log")]
+    assert steps == [1, 2, 3, 4]
+    counts = twin.artifact("train_log", 1).manifest()["counts"]
+    assert (counts["effective_batch"], counts["processes"]) == (4, 2)
+    assert sampled_run.artifact("train_log", 1).manifest()["counts"]["effective_batch"] == 4
+    assert [round(s.loss, 5) for s in table(twin, "train_log")] == \
+        [round(s.loss, 5) for s in table(sampled_run, "train_log")]
+
+
+@pytest.mark.parametrize(("env", "sharded"), [
+    ({}, False),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, False),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, True),
+    ({"ACCELERATE_USE_FSDP": "true"}, True),
+])
+def test_4bit_weights_are_stored_in_the_compute_dtype_only_where_the_launch_shards_them(monkeypatch, env, sharded):
+    import torch
+
+    from stages.core.model import quantization_config
+
+    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_USE_FSDP",
+                 "ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    storage = quantization_config(torch.bfloat16).bnb_4bit_quant_storage
+    assert storage == (torch.bfloat16 if sharded else torch.uint8)
+
+
+def test_the_shipped_accelerate_configs_are_what_they_say(tmp_path, monkeypatch):
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    from stages.core.launch import shards_parameters
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
+    expected = {"ddp.yaml": (DistributedType.MULTI_GPU, None), "deepspeed_zero2.yaml": (DistributedType.DEEPSPEED, 2),
+                "deepspeed_zero3.yaml": (DistributedType.DEEPSPEED, 3)}
+    assert sorted(p.name for p in folder.glob("*.yaml")) == sorted(expected)
+    for name, (kind, stage) in expected.items():
+        config = load_config_from_file(str(folder / name))
+        assert config.distributed_type == kind and not config.use_cpu
+        assert (config.deepspeed_config or {}).get("zero_stage") == stage
+    # A DeepSpeed config file that says stage 3 counts as sharded, as its flag would.
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 3}}')
+    assert shards_parameters({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE":
+                              str(tmp_path / "ds.json")})

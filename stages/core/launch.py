@@ -24,6 +24,7 @@ On a CPU-only machine, `accelerate launch --multi_gpu --num_processes 2 ... --de
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -83,6 +84,21 @@ def current() -> Launch:
     return Launch(rank=int(os.environ.get("RANK", "0")), size=size,
                   local_rank=int(os.environ.get("LOCAL_RANK", "0")),
                   id=where if rendezvous == "none" else f"{where}/{rendezvous}")
+
+
+def shards_parameters(env: dict[str, str] | None = None) -> bool:
+    """Whether the launch shards each weight across its processes (FSDP, or DeepSpeed ZeRO-3), read from what
+    accelerate launch puts in the environment: its flags, or the stage in the DeepSpeed config file it was given."""
+    env = os.environ if env is None else env
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return True
+    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return False
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    if stage is None and env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        with open(env["ACCELERATE_DEEPSPEED_CONFIG_FILE"]) as f:
+            stage = json.load(f).get("zero_optimization", {}).get("stage")
+    return str(stage) == "3"
 
 
 @cache

@@ -652,11 +652,16 @@ NOT_QUANTIZED = ["model.visual", "model.vision_tower", "model.multi_modal_projec
 
 def quantization_config(compute_dtype: Any) -> Any:
     """NF4 with double quantisation for the language model; the vision tower, projector and output head stay in
-    the compute dtype (they are small, and quantising them hurts more than it saves)."""
+    the compute dtype (they are small, and quantising them hurts more than it saves).
+
+    Under FSDP or DeepSpeed ZeRO-3 the 4-bit weights are also stored in the compute dtype: those engines shard and
+    gather every weight as one flat tensor of one dtype, and bitsandbytes' default uint8 storage cannot join it.
+    """
     from transformers import BitsAndBytesConfig
 
+    storage = {"bnb_4bit_quant_storage": compute_dtype} if launches.shards_parameters() else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=NOT_QUANTIZED)
+                              bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=NOT_QUANTIZED, **storage)
 
 
 def _stop_ids(model: Any, processor: Any) -> set[int]:
