@@ -55,7 +55,7 @@ def main(ctx: typer.Context) -> None:
 
 
 # The commands whose work the processes of an `accelerate launch` share (the model stages, and DPO's training).
-LAUNCHED = {"ask", "keyframes", "answer", "critique", "eval", "dpo"}
+LAUNCHED = {"ask", "keyframes", "answer", "critique", "eval", "dpo", "round"}
 
 
 def share_out_a_launch(command: str | None) -> None:

@@ -50,6 +50,8 @@ from stages.report import true_order_change
 SECTIONS: dict[str, type] = {cls.SECTION: cls for cls in (AskConfig, KeyframesConfig, AnswerConfig, CritiqueConfig,
                                                            FilterConfig, ClipConfig, TrainConfig, EvalConfig)}
 STAGES = ("ask", "keyframes", "answer", "critique", "filter", "dpo", "eval")
+# The stages that run the policy: under `[launch] command` they run in the launched processes, the others here.
+MODEL_STAGES = ("ask", "keyframes", "answer", "critique", "dpo", "eval")
 
 RoundProgress = Callable[[str, str], Callable[[int], Callable[[], None]]]  # (stage, unit) -> progress callback
 
@@ -129,6 +131,34 @@ def parse_benchmark(text: str) -> BenchmarkSource:
     return BenchmarkSource(name.strip(), Path(path.strip()).expanduser())
 
 
+def model_overrides(flags: dict[str, Any]) -> list[str]:
+    """The [model] settings given as flags, as `--set model.KEY=VALUE` texts (TOML values)."""
+    import json
+
+    def toml(value: Any) -> str:
+        return ("true" if value else "false") if isinstance(value, bool) else json.dumps(value)
+
+    return [f"model.{key}={toml(value)}" for key, value in flags.items() if value is not None]
+
+
+def launcher(command: str, round_args: list[str], env: dict[str, str]) -> Callable[[str], None]:
+    """What runs one model stage of a round under `command` (e.g. "accelerate launch --num_processes 8"): the same
+    `savi round` with `--stage`, in the launched processes, which may write to the run this process holds (`env`).
+    A stage that fails there stops the round here, with the launcher's exit status."""
+    import os
+    import shlex
+    import subprocess
+
+    def run_stage(stage: str) -> None:
+        argv = [*shlex.split(command), "-m", "savi_cli", *round_args, f"--stage={stage}"]
+        done = subprocess.run(argv, env={**os.environ, **env})
+        if done.returncode != 0:
+            raise SaviError(f"the {stage} stage failed under `{command}` (exit status {done.returncode}; its "
+                            "processes' errors are above); fix it and run the round again: it resumes there")
+
+    return run_stage
+
+
 def save_resolved(run: Run, round: int, cfg: RoundConfig) -> Path:
     """Write what this round runs with to `round=<r>/config.toml` (TOML has no null, so unset values are left out)."""
     import tomli_w
@@ -152,11 +182,17 @@ def save_resolved(run: Run, round: int, cfg: RoundConfig) -> Path:
 
 
 def run_round(run: Run, round: int, cfg: RoundConfig, *, redo: str | None = None,
-              say: Callable[[str], None] = lambda _: None, progress: RoundProgress | None = None) -> RoundSummary:
+              say: Callable[[str], None] = lambda _: None, progress: RoundProgress | None = None,
+              only: str | None = None, launched: Callable[[str], None] | None = None) -> RoundSummary:
     """Run round `round`. `redo` names a stage to do again, with every later one (their inputs change with it),
-    for example after changing its settings; the stages before it are kept."""
-    if redo is not None and redo not in STAGES:
-        raise SaviError(f"unknown stage {redo!r} to redo; the stages of a round are {', '.join(STAGES)}")
+    for example after changing its settings; the stages before it are kept.
+
+    `only` runs that one stage of the round (what a launched process of `savi round --launch` does). `launched`
+    runs one model stage in launched processes (`savi round --launch`, which passes them `only`); the stage is then
+    called here too, where it finds its table finished and only reads it for the summary."""
+    for name, value in (("redo", redo), ("only", only)):
+        if value is not None and value not in STAGES:
+            raise SaviError(f"unknown stage {value!r} to {name}; the stages of a round are {', '.join(STAGES)}")
     force = {stage: redo is not None and k >= STAGES.index(redo) for k, stage in enumerate(STAGES)}
     run.require("samples")
     # Fail now, not after hours of generation, if round r-1 is not trained or a benchmark cannot be read.
@@ -169,25 +205,39 @@ def run_round(run: Run, round: int, cfg: RoundConfig, *, redo: str | None = None
     def bar(stage: str, unit: str):
         return progress(stage, unit) if progress else None
 
-    done: dict[str, StageResult] = {}
-    say(f"round {round}: ask")
-    done["ask"] = ask.run(run, round, cfg.ask, model, force=force["ask"], progress=bar("ask", "video"))
-    if cfg.answer.keyframes:
-        say(f"round {round}: keyframes")
-        done["keyframes"] = keyframes.run(run, round, cfg.keyframes, model, cfg.clip, force=force["keyframes"],
-                                          progress=bar("keyframes", "question"))
-    say(f"round {round}: answer")
-    done["answer"] = answer.run(run, round, cfg.answer, model, force=force["answer"],
-                                progress=bar("answer", "answer"))
-    say(f"round {round}: critique")
-    done["critique"] = critique.run(run, round, cfg.critique, model, force=force["critique"],
-                                    progress=bar("critique", "answer"))
-    say(f"round {round}: filter")
-    done["filter"] = filter_stage.run(run, round, cfg.filter, cfg.clip, force=force["filter"],
-                                      progress=bar("filter", "pair"))
-    say(f"round {round}: dpo")
-    done["dpo"] = dpo.run(run, round, cfg.dpo, model, cfg.clip, force=force["dpo"], progress=bar("dpo", "step"))
+    def stage(name: str, call: Callable[[bool], Any]) -> Any:
+        """Run one stage (`call(force)`): here, or, for a model stage with a launcher, in the launched processes."""
+        if only not in (None, name):
+            return None
+        say(f"round {round}: {name}")
+        if launched is not None and name in MODEL_STAGES:
+            launched(name)
+            return call(False)
+        return call(force[name])
 
+    done: dict[str, StageResult] = {}
+    done["ask"] = stage("ask", lambda f: ask.run(run, round, cfg.ask, model, force=f, progress=bar("ask", "video")))
+    if cfg.answer.keyframes:
+        done["keyframes"] = stage("keyframes", lambda f: keyframes.run(
+            run, round, cfg.keyframes, model, cfg.clip, force=f, progress=bar("keyframes", "question")))
+    done["answer"] = stage("answer", lambda f: answer.run(run, round, cfg.answer, model, force=f,
+                                                          progress=bar("answer", "answer")))
+    done["critique"] = stage("critique", lambda f: critique.run(run, round, cfg.critique, model, force=f,
+                                                                progress=bar("critique", "answer")))
+    done["filter"] = stage("filter", lambda f: filter_stage.run(run, round, cfg.filter, cfg.clip, force=f,
+                                                                progress=bar("filter", "pair")))
+    done["dpo"] = stage("dpo", lambda f: dpo.run(run, round, cfg.dpo, model, cfg.clip, force=f,
+                                                 progress=bar("dpo", "step")))
+    evals = stage("eval", lambda f: _evaluate(run, round, cfg, f, done, say, bar, compare=only is None)
+                  ) if cfg.benchmarks else []
+    done = {name: result for name, result in done.items() if result is not None}
+    return RoundSummary(round, config_path, done, evals or [])
+
+
+def _evaluate(run: Run, round: int, cfg: RoundConfig, force: bool, done: dict[str, StageResult],
+              say: Callable[[str], None], bar: Callable[[str, str], Any], *, compare: bool) -> list[dict[str, Any]]:
+    """Evaluate the new policy on every benchmark beside the base model and the previous round; each result goes
+    into `done`, and, with `compare`, the comparisons are returned (a launched process evaluates only)."""
     evals = []
     for source in cfg.benchmarks:
         # The base model is the yardstick of every later round: evaluate it once, the first time it is needed.
@@ -195,9 +245,11 @@ def run_round(run: Run, round: int, cfg: RoundConfig, *, redo: str | None = None
         outcomes: dict[int, list[EvalOutcome]] = {}
         for r in sorted({0, round - 1, round}):
             say(f"eval {source.name}: round {r}" + (" (the base model)" if r == 0 else ""))
-            outcomes[r] = eval_stage.evaluate(run, r, source, cfg.eval, model, cfg.clip,
-                                              force=force["eval"] and r == round,
+            outcomes[r] = eval_stage.evaluate(run, r, source, cfg.eval, cfg.model, cfg.clip,
+                                              force=force and r == round,
                                               progress=bar(f"eval {source.name}", "question"))
+        if not compare:
+            continue
         for k, now in enumerate(outcomes[round]):
             drop = true_order_change(run, now.table, round)
             line = eval_stage.summary_line(now.summary) + (f"; vs the true order {drop}" if drop else "")
@@ -206,7 +258,7 @@ def run_round(run: Run, round: int, cfg: RoundConfig, *, redo: str | None = None
                           "previous": outcomes[round - 1][k].summary["accuracy"],
                           "questions": now.summary["questions"], "line": line})
             done[f"eval {now.table}"] = now.result
-    return RoundSummary(round, config_path, done, evals)
+    return evals
 
 
 def describe(summary: RoundSummary) -> list[str]:

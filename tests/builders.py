@@ -43,3 +43,37 @@ def write_pairs(run, round, n=4, prompt=""):
                         "It moves from left to right.", "It jumps up and then disappears.", 0.31, 0.22, False,
                         "critique", True, None, prompt=prompt))
     writer.finish()
+
+
+# A run's savi.toml for a whole round on the tiny models, small enough for a test (format with model and clip).
+SMALL = """\
+[model]
+id = "{model}"
+batch_size = 8
+
+[ask]
+per_video = 2
+max_new_tokens = 16
+
+[answer]
+max_new_tokens = 16
+
+[critique]
+max_new_tokens = 16
+
+[filter]
+drop_cut_off = false  # the tiny random model rarely ends a reply within 16 tokens
+
+[clip]
+model = "local-dir:{clip}"
+
+[dpo]
+learning_rate = 1e-3
+batch_size = 2
+grad_accum = 1
+max_steps = 2
+four_bit = false
+
+[eval]
+frames = 4
+"""

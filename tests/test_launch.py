@@ -279,3 +279,39 @@ def test_the_shipped_accelerate_configs_are_what_they_say(tmp_path, monkeypatch)
     (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 3}}')
     assert shards_parameters({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE":
                               str(tmp_path / "ds.json")})
+
+
+def test_a_round_with_launch_runs_its_model_stages_on_two_processes_and_writes_a_one_process_rounds_tables(
+        sampled_run, tiny_model, tmp_path):
+    from builders import SMALL
+
+    from stages.offline.benchmark_files import write_benchmark
+    from stages.offline.tiny_clip import build_tiny_clip
+
+    clip = build_tiny_clip(tmp_path / "clip")
+    (sampled_run.path / "savi.toml").write_text(SMALL.format(model=tiny_model(), clip=clip))
+    shutil.copytree(sampled_run.path, sampled_run.path.with_name("twin"))
+    twin = open_run("twin")
+    bench = write_benchmark("egoschema", tmp_path / "bench", questions=3)
+    args = ["round", "1", "--eval", f"egoschema={bench}", "--set", "answer.candidates=2"]
+    alone = savi(*args, "--run", sampled_run.name)
+    launcher = " ".join(launch_args()[:-2])  # accelerate launch ... (savi adds -m savi_cli itself)
+    launched = savi(*args, "--run", twin.name, "--launch", launcher)
+    assert alone.returncode == 0, alone.stderr
+    assert launched.returncode == 0, launched.stderr[-3000:]
+
+    # The summary comes once, from the round; the model stages ran in the launched processes.
+    assert launched.stdout.strip() == str(twin.round_dir(1) / "adapter")
+    assert launched.stderr.count("round 1 done") == 1
+    for name in ("questions", "answers", "critiques", "candidates", "pairs"):
+        assert table(twin, name) == table(sampled_run, name), name
+    for name in ("questions", "answers", "critiques"):
+        assert twin.artifact(name, 1).manifest()["processes"] == 2
+    assert twin.eval_artifact("egoschema", 0).read() == sampled_run.eval_artifact("egoschema", 0).read()
+    # Round 1's policy differs: two processes train with twice the effective batch (the learning rate as given).
+    assert [r.question_id for r in twin.eval_artifact("egoschema", 1).read()] == \
+        [r.question_id for r in sampled_run.eval_artifact("egoschema", 1).read()]
+    log = twin.artifact("train_log", 1).manifest()["counts"]
+    assert (log["processes"], log["effective_batch"], log["steps"]) == (2, 4, 2)
+    # The round held the run throughout and let its launched stages write; it is free again now.
+    assert not twin.is_locked()

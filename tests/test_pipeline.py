@@ -3,6 +3,7 @@
 import tomllib
 
 import pytest
+from builders import SMALL
 from typer.testing import CliRunner
 
 from savi_cli.main import app
@@ -12,39 +13,6 @@ from stages.core.model import Policy
 from stages.offline.benchmark_files import write_benchmark
 
 runner = CliRunner()
-
-SMALL = """\
-[model]
-id = "{model}"
-batch_size = 8
-
-[ask]
-per_video = 2
-max_new_tokens = 16
-
-[answer]
-max_new_tokens = 16
-
-[critique]
-max_new_tokens = 16
-
-[filter]
-drop_cut_off = false  # the tiny random model rarely ends a reply within 16 tokens
-
-[clip]
-model = "local-dir:{clip}"
-
-[dpo]
-learning_rate = 1e-3
-batch_size = 2
-grad_accum = 1
-max_steps = 2
-four_bit = false
-
-[eval]
-frames = 4
-"""
-
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):

@@ -616,12 +616,11 @@ def resolve_device(device: str) -> str:
     """auto: cuda if available, else cpu. Any other device torch knows (cpu, cuda, cuda:N, mps), if it is here."""
     import torch
 
+    launch = launches.current()
     if device == "auto":
-        if not torch.cuda.is_available():
-            return "cpu"
-        # In a launch each process takes the GPU of its local rank (accelerate's convention).
-        launch = launches.current()
-        return f"cuda:{launch.local_rank}" if launch.parallel else "cuda"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and launch.parallel:  # in a launch each process takes the GPU of its local rank
+        device = f"cuda:{launch.local_rank}"
     try:
         kind = torch.device(device).type
     except (RuntimeError, ValueError):

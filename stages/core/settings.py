@@ -298,10 +298,21 @@ class WorldModelConfig:
             raise SaviError(f"the learning rate must be above 0, got {self.learning_rate}")
 
 
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How `savi round` starts its model stages: in its own process, or under a launcher, one process per GPU."""
+
+    SECTION: ClassVar[str] = "launch"
+
+    command: str = setting("", "Run each model stage of the round (ask, keyframes, answer, critique, dpo, eval) "
+                               "under this launcher, e.g. \"accelerate launch --num_processes 8\"; filter and the "
+                               "summary run once, here. Empty: every stage in this process.", flag="--launch")
+
+
 # Every section of a run's savi.toml that holds settings (`[benchmarks]` names eval's data instead).
 SECTIONS: dict[str, type] = {cls.SECTION: cls for cls in (ModelConfig, SampleConfig, AskConfig, AnswerConfig,
                                                              CritiqueConfig, FilterConfig, ClipConfig, TrainConfig,
-                                                             EvalConfig)}
+                                                             EvalConfig, LaunchConfig)}
 
 
 def default_text(field: dataclasses.Field) -> str:

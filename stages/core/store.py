@@ -251,6 +251,10 @@ class Run:
         finally:
             os.close(fd)
 
+    def holder_for_children(self) -> dict[str, str]:
+        """The environment that lets the commands this one starts write to the run it holds (while it waits)."""
+        return {HELD_BY_PARENT: f"{self.path.resolve()} {(self.path / '.lock').read_text().strip()}"}
+
     @contextlib.contextmanager
     def lock(self, launch: launches.Launch = launches.Launch()) -> Iterator[None]:
         """Hold the run for one writing command. A second one gets a clear error instead of interleaving writes.
@@ -272,16 +276,22 @@ class Run:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held_by_parent = False
             except BlockingIOError:
                 holder = lock_file.read_text().strip() or "unknown"
-                refusal = (f"run '{self.name}' is in use by another savi process ({holder}); wait for it to finish "
-                           "or stop it")
-                launch.from_main(refusal)
-                raise SaviError(refusal) from None
+                # The command that started this one (`savi round --launch`) may hold the run, waiting for us.
+                held_by_parent = os.environ.get(HELD_BY_PARENT) == f"{self.path.resolve()} {holder}"
+                if not held_by_parent:
+                    refusal = (f"run '{self.name}' is in use by another savi process ({holder}); wait for it to "
+                               "finish or stop it")
+                    launch.from_main(refusal)
+                    raise SaviError(refusal) from None
             launch.from_main(None)
-            holder = f"pid {os.getpid()} on {socket.gethostname()}"
-            os.ftruncate(fd, 0)
-            os.write(fd, (holder + (f", the main process of {launch.describe()}" if launch.parallel else "")).encode())
+            if not held_by_parent:
+                holder = f"pid {os.getpid()} on {socket.gethostname()}"
+                os.ftruncate(fd, 0)
+                os.write(fd, (holder + (f", the main process of {launch.describe()}" if launch.parallel else "")
+                              ).encode())
             yield
         finally:
             if created and os.listdir(self.path) == [".lock"]:
@@ -290,6 +300,10 @@ class Run:
                 with contextlib.suppress(OSError):
                     self.path.rmdir()
             os.close(fd)
+
+
+# Set by a command that holds a run for the commands it starts (`savi round --launch`): "<run folder> <holder>".
+HELD_BY_PARENT = "SAVI_RUN_HELD_BY_PARENT"
 
 
 # A run's name is a folder name, a word in every printed table path, and safe in a shell pipe: no spaces, no
