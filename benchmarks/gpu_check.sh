@@ -12,7 +12,10 @@
 #      put back: "before"), out of it but run on every row of both passes (trl's step), and as savi builds the
 #      trainer ("after": each video encoded once), against a 12 GB target (benchmarks/bench_dpo_memory.py);
 #   2. generation tokens/s at batch 1, 8 and 16, 32 frames of 448 px, 64 new tokens (benchmarks/bench_generate.py);
-#   3. savi eval questions/s in likelihood and generate mode, 32 frames of 448 px (benchmarks/bench_eval.py).
+#   3. savi eval questions/s in likelihood and generate mode, 32 frames of 448 px (benchmarks/bench_eval.py);
+#   4. on a machine with several GPUs only: the scaling of `savi answer` from 1 process to one per GPU under
+#      accelerate launch, tiny model (benchmarks/bench_launch.py; it samples synthetic clips, so it needs PyAV or
+#      decord there too).
 #
 # The 7B folder is initialised on the GPU and written once with save_pretrained (16.6 GB); every benchmark then
 # loads it with from_pretrained as savi loads a user's model, so the DPO step goes through load_model exactly as
@@ -174,6 +177,11 @@ phase generate 150 "$PY" benchmarks/bench_generate.py "${DRY[@]}" --preset qwen2
   --threads 0 --cache "$WORK/models" --json "$WORK/generate.json"
 phase eval 120 "$PY" benchmarks/bench_eval.py "${DRY[@]}" --preset qwen2.5-vl-7b --questions 32 --repeats 1 \
   --threads 0 --cache "$WORK/models" --dir "$WORK/eval" --json "$WORK/eval.json"
+GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "$DRY_RUN" = 0 ] && [ "$GPUS" -ge 2 ]; then
+  phase launch 150 "$PY" benchmarks/bench_launch.py --device cuda --processes "$GPUS" --repeats 1 \
+    --json "$WORK/launch.json"
+fi
 
 # --- The section -----------------------------------------------------------------------------------------------
 if [ "$DRY_RUN" = 1 ]; then
@@ -234,6 +242,13 @@ if (gen := result("generate")):
 print("### savi eval: questions/s, likelihood and generate\n")
 if (ev := result("eval")):
     print(f"{ev['setup']}.\n\n{ev['table']}\n")
+print("### savi answer on every GPU: scaling under accelerate launch\n")
+if "launch" not in phases:
+    print("One GPU here (or a dry run): this phase runs where there are several.\n")
+elif (la := result("launch")):
+    print(f"{la['answers']} answers, tiny model: 1 process {min(la['seconds']['1']):.1f} s, {la['processes']} "
+          f"processes {min(la['seconds'][str(la['processes'])]):.1f} s: speedup {la['speedup']:.2f}x, efficiency "
+          f"{la['efficiency']:.2f}; tables equal row for row: {la['tables_equal']}.\n")
 PYTHON
 
 if [ "$DRY_RUN" = 1 ] || [ "$OUT_FILE" != "$ROOT/docs/PERFORMANCE.md" ]; then
@@ -243,7 +258,7 @@ else
 fi
 if [ -n "$COPY_TO" ]; then
   mkdir -p "$COPY_TO" && cp "$SECTION" "$COPY_TO/gpu-check-section.md"
-  for f in dpo generate eval; do [ -f "$WORK/$f.json" ] && cp "$WORK/$f.json" "$COPY_TO/gpu-check-$f.json"; done
+  for f in dpo generate eval launch; do [ -f "$WORK/$f.json" ] && cp "$WORK/$f.json" "$COPY_TO/gpu-check-$f.json"; done
   # The end of every phase's log, in one file: what a failed run leaves to go on.
   for f in "$WORK"/*.err; do echo "=== $(basename "$f")"; tail -n 60 "$f"; done > "$COPY_TO/gpu-check-logs.txt"
 fi

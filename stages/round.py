@@ -38,6 +38,7 @@ from stages.core.settings import (
     EvalConfig,
     FilterConfig,
     KeyframesConfig,
+    LaunchConfig,
     ModelConfig,
     SampleConfig,
     TrainConfig,
@@ -85,12 +86,13 @@ def resolve_round(run: Run, overrides: dict[str, dict[str, Any]] | None = None,
     unknown = sorted(set(overrides) - set(SECTIONS) - {"model"})
     if unknown:
         raise SaviError(f"unknown section {', '.join(unknown)}; known: model, {', '.join(SECTIONS)}")
-    in_file = sorted(set(read_config(run)) - set(SECTIONS) - {"model", "sample", "benchmarks"})
+    in_file = sorted(set(read_config(run)) - set(SECTIONS) - {"model", "sample", "launch", "benchmarks"})
     if in_file:
         raise SaviError(f"unknown section [{'], ['.join(in_file)}] in {run.path / CONFIG_NAME}; known: model, "
-                        f"sample, {', '.join(SECTIONS)}, benchmarks")
+                        f"sample, {', '.join(SECTIONS)}, launch, benchmarks")
     sections = {name: resolve(run, cls, overrides.get(name)) for name, cls in SECTIONS.items()}
     resolve(run, SampleConfig)  # not a round's, but checked too: a bad value anywhere stops before any work
+    resolve(run, LaunchConfig)
     listed = {b.name: b for b in benchmarks_from_config(run)}
     listed.update({b.name: b for b in benchmarks or []})
     return RoundConfig(model=resolve_model(run, overrides.get("model")), benchmarks=tuple(listed.values()),

@@ -315,3 +315,15 @@ def test_a_round_with_launch_runs_its_model_stages_on_two_processes_and_writes_a
     assert (log["processes"], log["effective_batch"], log["steps"]) == (2, 4, 2)
     # The round held the run throughout and let its launched stages write; it is free again now.
     assert not twin.is_locked()
+
+
+def test_a_launcher_in_savi_toml_is_a_setting_of_the_run(sampled_run):
+    from stages.core.config import resolve
+    from stages.core.settings import LaunchConfig
+    from stages.round import resolve_round
+
+    (sampled_run.path / "savi.toml").write_text('[launch]\ncommand = "accelerate launch --num_processes 8"\n')
+    resolve_round(sampled_run)  # a [launch] section is known to the round
+    assert resolve(sampled_run, LaunchConfig).command == "accelerate launch --num_processes 8"
+    assert resolve(sampled_run, LaunchConfig, {"command": "torchrun --nproc-per-node 2"}).command == \
+        "torchrun --nproc-per-node 2"
