@@ -327,3 +327,25 @@ def test_a_launcher_in_savi_toml_is_a_setting_of_the_run(sampled_run):
     assert resolve(sampled_run, LaunchConfig).command == "accelerate launch --num_processes 8"
     assert resolve(sampled_run, LaunchConfig, {"command": "torchrun --nproc-per-node 2"}).command == \
         "torchrun --nproc-per-node 2"
+
+
+def test_the_main_processs_bar_counts_the_items_the_other_processes_flush(sampled_run):
+    """The display alone, in this one process (whose barrier waits for no one): the other process of a launch of
+    two is played by the progress file it would flush."""
+    from stages.core.launch import Launch
+    from stages.core.records import Question
+    from stages.core.store import ArtifactWriter, write_json
+
+    ticks: list[int] = []
+    writer = ArtifactWriter(sampled_run.artifact("questions", 1), params={}, inputs={},
+                            launch=Launch(rank=0, size=2, id="test"))
+    tick = writer.ticker(lambda total: lambda: ticks.append(total), 10)
+    parts = sampled_run.artifact("questions", 1).parts_dir
+    parts.mkdir(parents=True)
+    write_json(parts / "progress-r1.json", {"items": 3, "rows": 3})  # the other process flushed 3 items
+    writer.add_item("v0", [Question("q0", "v0", "what", "?", "json", "ask/1", "test")])
+    tick()
+    assert len(ticks) == 4  # its own item, and the other's 3
+    write_json(parts / "progress-r1.json", {"items": 6, "rows": 6, "done": True})
+    assert writer.gather()  # the main process waits for the other's "done", showing its last items
+    assert len(ticks) == 7
