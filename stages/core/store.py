@@ -725,7 +725,7 @@ class ArtifactWriter:
         return self.launch.is_main
 
     def _progress_files(self) -> dict[int, dict[str, Any]]:
-        """What each process of the launch has flushed so far: {rank: {"items": n, "done": bool}}."""
+        """What each process of the launch has flushed so far: {rank: {"items": n, "rows": n, "done": bool}}."""
         states = {}
         for path in self.artifact.parts_dir.glob("progress-r*.json"):
             with contextlib.suppress(OSError, ValueError):
