@@ -22,7 +22,8 @@ What it does, per seed
    and on 2x2 time-ordered grids.
 4. **The round's answers**: the pool clips are sampled (`savi sample`), their questions taken as the round's, with
    their known answers (`savi ask --from world`), and the base model answers each twice at temperature 1
-   (`savi answer --candidates 2`). Every question whose two answers differ is a candidate pair.
+   (`savi answer --candidates 2`, under `accelerate launch` on `--jobs` processes: the same answers, sooner).
+   Every question whose two answers differ is a candidate pair.
 5. **Four selectors** turn the candidates into pairs, each in its own run (a copy of the pool run), all through
    `savi filter` (which also counts how often each choice is the truth):
    - *oracle*: the pairs with one right and one wrong answer, the right one chosen;
@@ -48,6 +49,7 @@ import os
 import platform
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -139,7 +141,7 @@ def one_seed(folder: Path, seed: int, args: argparse.Namespace) -> dict:
                  f"(val {base_training['val_accuracy']}, by kind {base_training['val_by_kind']}): no proof on it")
 
     with timed(seconds, "answers"):
-        pool = pool_run(env, folder, world, model)
+        pool = pool_run(env, folder, world, model, args.jobs)
     with timed(seconds, "base eval"):
         savi(env, "eval", "world", "--data", world, "--run", "pool", "--round", "0", "--frames", FRAMES,
              "--protocol", "likelihood")
@@ -159,16 +161,17 @@ def one_seed(folder: Path, seed: int, args: argparse.Namespace) -> dict:
             "seconds": seconds}
 
 
-def pool_run(env: dict, folder: Path, world: Path, model: Path) -> list[dict]:
+def pool_run(env: dict, folder: Path, world: Path, model: Path, jobs: int) -> list[dict]:
     """Sample the pool clips into run `pool`, take their questions (with the truth) as round 1's, and let the base
-    model answer each twice at temperature 1. Returns the candidate pairs: the questions whose two answers differ,
+    model answer each twice at temperature 1, in `jobs` processes under accelerate launch (the answers of one
+    process, row for row: docs/SCALING.md). Returns the candidate pairs: the questions whose two answers differ,
     each with which answers are right."""
     listing = folder / "pool.txt"
     listing.write_text("".join(f"{path}\n" for path in sorted((world / "videos").glob("pool-*.mp4"))))
     savi(env, "sample", listing, "--run", "pool", "--frames", FRAMES, "--max-side", 56)
 
     savi(env, "ask", "--run", "pool", "--round", 1, "--from", "world", "--data", world, "--split", "pool")
-    savi(env, "answer", "--run", "pool", "--round", "1", "--model", model, "--candidates", 2,
+    launched(env, jobs, "answer", "--run", "pool", "--round", "1", "--model", model, "--candidates", 2,
          "--temperatures", "1.0,1.0", "--max-new-tokens", 24)
     run = open_run("pool", env["SAVI_HOME"])
     questions = {q.question_id: q for q in run.artifact("questions", 1).read()}
@@ -295,12 +298,26 @@ def write_markdown(path: Path, results: list[dict], text: str, argv: list[str]) 
 # Running savi
 
 
-def savi(env: dict, *args) -> str:
+def savi(env: dict, *args, command: list[str] = SAVI) -> str:
     """Run one savi command as a user would; stop the proof with its output if it fails."""
-    done = subprocess.run([*SAVI, *map(str, args)], env=env, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([*command, *map(str, args)], env=env, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         sys.exit(f"`savi {' '.join(map(str, args))}` failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return done.stdout
+
+
+def launched(env: dict, processes: int, *args) -> str:
+    """`savi` with `args`, in `processes` processes under accelerate launch (one thread each; torchrun starts them
+    on the CPU), or alone for one."""
+    if processes < 2:
+        return savi(env, *args)
+    with socket.socket() as s:  # a free port for the launch's rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
+              str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(port), "-m", "savi_cli"]
+    return savi(env, *args, command=launch)
 
 
 def in_lanes(jobs: int, tasks: list) -> None:
