@@ -1,6 +1,6 @@
 """Proof that a round helps: one round of savi in a world whose truth is known, judged four ways.
 
-Run from the repository root (CPU only, nothing downloaded; about 16 minutes a seed on a quiet 2-core machine,
+Run from the repository root (CPU only, nothing downloaded; about 18 minutes a seed on a quiet 2-core machine,
 12 with the oracle and random selectors alone; see docs/FIDELITY.md):
 
     make proof                                    # 3 seeds; writes the table to docs/FIDELITY.md

@@ -54,7 +54,8 @@ def main(ctx: typer.Context) -> None:
     share_out_a_launch(ctx.invoked_subcommand)
 
 
-# The commands whose work the processes of an `accelerate launch` share (the model stages, and DPO's training).
+# The commands whose work the processes of an `accelerate launch` share: the model stages, DPO's training, and
+# `savi round --stage`, which `savi round --launch` launches (a launched plain `savi round` is refused).
 LAUNCHED = {"ask", "keyframes", "answer", "critique", "eval", "dpo", "round"}
 
 
