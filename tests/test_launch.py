@@ -349,3 +349,42 @@ def test_the_main_processs_bar_counts_the_items_the_other_processes_flush(sample
     write_json(parts / "progress-r1.json", {"items": 6, "rows": 6, "done": True})
     assert writer.gather()  # the main process waits for the other's "done", showing its last items
     assert len(ticks) == 7
+
+
+def test_a_killed_dpo_launch_resumes_from_its_checkpoint_and_logs_every_step_once(sampled_run, tiny_model):
+    from builders import write_pairs
+    from safetensors.torch import load_file
+
+    write_pairs(sampled_run, 1, n=8)
+    twin = two_runs(sampled_run, 3)[1]
+    args = ["dpo", "--round", "1", "--model", str(tiny_model()), "--no-4bit", "--max-steps", "6", "--batch-size", "2",
+            "--grad-accum", "1", "--save-steps", "2", "--lora-dropout", "0", "--device", "cpu"]
+    checkpoint = twin.round_dir(1) / ".checkpoints" / "checkpoint-4" / "trainer_state.json"
+    launch = subprocess.Popen([*launch_args(), *args, "--run", twin.name], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.is_file():  # killed, every process at once, once step 4 is saved
+            assert launch.poll() is None, launch.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # torchrun's workers are not in the launcher's process group: each is killed by its pid.
+        for pid in [_rank_pid(launch, rank) for rank in (0, 1)] + [launch.pid]:
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        launch.communicate(timeout=60)
+    assert not (twin.round_dir(1) / "adapter").exists()
+
+    resumed = savi(*args, "--run", twin.name, launched=True)
+    uninterrupted = savi(*args, "--run", sampled_run.name, launched=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+    assert [s.step for s in table(twin, "train_log")] == [1, 2, 3, 4, 5, 6]
+    manifest = twin.artifact("train_log", 1).manifest()
+    assert manifest["notes"]["resumed_from_checkpoint"].endswith(("checkpoint-4", "checkpoint-6"))
+    one = load_file(sampled_run.round_dir(1) / "adapter" / "adapter_model.safetensors")
+    two = load_file(twin.round_dir(1) / "adapter" / "adapter_model.safetensors")
+    for name in one:
+        assert (one[name] - two[name]).abs().max() <= 1e-6 + 1e-4 * one[name].abs().max(), name
