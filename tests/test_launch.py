@@ -62,8 +62,8 @@ def test_answer_and_critique_launched_on_two_processes_write_one_processs_tables
         assert alone.returncode == 0, alone.stderr
         assert launched.returncode == 0, launched.stderr
         # The main process alone reports: one line on stderr, the table's path once on stdout.
-        assert launched.stdout.strip().splitlines()[-1] == str(two.artifact(
-            "answers" if stage == "answer" else "critiques", 1).path)
+        assert launched.stdout.strip().splitlines() == [str(two.artifact(
+            "answers" if stage == "answer" else "critiques", 1).path)]
         assert launched.stderr.count("done now; table holds") == 1
 
     for name in ("answers", "critiques", "candidates"):
