@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from machine import cpu_model  # noqa: E402
 
 from stages import sample  # noqa: E402
+from stages.core.launch import accelerate_command  # noqa: E402
 from stages.core.records import Question  # noqa: E402
 from stages.core.store import ArtifactWriter, open_run  # noqa: E402
 from stages.offline import videos as synthetic  # noqa: E402
@@ -137,15 +137,7 @@ def write_questions(run, per_video: int) -> None:
 
 
 def launcher(processes: int) -> list[str]:
-    savi = Path(sys.executable).with_name("savi")
-    if processes == 1:
-        return [str(savi)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
-            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(port), "-m", "savi_cli"]
+    return [str(Path(sys.executable).with_name("savi"))] if processes == 1 else accelerate_command(processes)
 
 
 if __name__ == "__main__":

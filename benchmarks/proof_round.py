@@ -49,7 +49,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from machine import cpu_model  # noqa: E402
 
+from stages.core.launch import accelerate_command  # noqa: E402
 from stages.core.parsing import normalize_text  # noqa: E402
 from stages.core.records import Candidate  # noqa: E402
 from stages.core.stats import discordant, mcnemar_exact, paired_bootstrap_interval, wilson_interval  # noqa: E402
@@ -309,15 +309,7 @@ def savi(env: dict, *args, command: list[str] = SAVI) -> str:
 def launched(env: dict, processes: int, *args) -> str:
     """`savi` with `args`, in `processes` processes under accelerate launch (one thread each; torchrun starts them
     on the CPU), or alone for one."""
-    if processes < 2:
-        return savi(env, *args)
-    with socket.socket() as s:  # a free port for the launch's rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
-              str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(port), "-m", "savi_cli"]
-    return savi(env, *args, command=launch)
+    return savi(env, *args, command=accelerate_command(processes)) if processes > 1 else savi(env, *args)
 
 
 def in_lanes(jobs: int, tasks: list) -> None:

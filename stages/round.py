@@ -149,10 +149,19 @@ def launcher(command: str, round_args: list[str], env: dict[str, str]) -> Callab
     A stage that fails there stops the round here, with the launcher's exit status."""
     import os
     import shlex
+    import shutil
     import subprocess
 
+    try:
+        words = shlex.split(command)
+    except ValueError as e:
+        raise SaviError(f"--launch {command!r} cannot be read as a command ({e})") from None
+    if not words or shutil.which(words[0]) is None:
+        raise SaviError(f"--launch {command!r}: no program {words[0] if words else ''!r} on the PATH; give the "
+                        "launcher's command, e.g. \"accelerate launch --num_processes 8\"")
+
     def run_stage(stage: str) -> None:
-        argv = [*shlex.split(command), "-m", "savi_cli", *round_args, f"--stage={stage}"]
+        argv = [*words, "-m", "savi_cli", *round_args, f"--stage={stage}"]
         done = subprocess.run(argv, env={**os.environ, **env})
         if done.returncode != 0:
             raise SaviError(f"the {stage} stage failed under `{command}` (exit status {done.returncode}; its "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,24 +18,16 @@ from pathlib import Path
 import pytest
 from builders import ask_about_each_video
 
+from stages.core.launch import accelerate_command
 from stages.core.store import open_run
 
 pytestmark = pytest.mark.slow
 
-ACCELERATE = Path(sys.executable).with_name("accelerate")
 SAVI = Path(sys.executable).with_name("savi")
 
 
-def launch_args(processes: int = 2) -> list[str]:
-    with socket.socket() as s:  # a free port for this launch's rendezvous, so tests never meet each other's
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "savi_cli"]
-
-
 def savi(*args, launched: bool = False) -> subprocess.CompletedProcess:
-    command = [*launch_args(), *args] if launched else [str(SAVI), *args]
+    command = [*accelerate_command(2), *args] if launched else [str(SAVI), *args]
     return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -127,7 +118,7 @@ def test_a_launch_whose_process_is_killed_does_only_the_missing_items_when_run_a
             "--device", "cpu", "--max-new-tokens", "16"]
     parts = two.artifact("answers", 1).parts_dir
 
-    launcher = subprocess.Popen([*launch_args(), *args, "--run", two.name], stdout=subprocess.PIPE,
+    launcher = subprocess.Popen([*accelerate_command(2), *args, "--run", two.name], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True)
     try:
         # Kill the second process once it has flushed a part: it has done some of its share, not all of it.
@@ -166,7 +157,7 @@ def test_an_unrelated_answer_is_refused_while_a_launch_holds_the_run(sampled_run
             "--batch-size", "2", "--device", "cpu", "--max-new-tokens", "16"]
     parts = sampled_run.artifact("answers", 1).parts_dir
 
-    launcher = subprocess.Popen([*launch_args(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    launcher = subprocess.Popen([*accelerate_command(2), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -295,7 +286,7 @@ def test_a_round_with_launch_runs_its_model_stages_on_two_processes_and_writes_a
     bench = write_benchmark("egoschema", tmp_path / "bench", questions=3)
     args = ["round", "1", "--eval", f"egoschema={bench}", "--set", "answer.candidates=2"]
     alone = savi(*args, "--run", sampled_run.name)
-    launcher = " ".join(launch_args()[:-2])  # accelerate launch ... (savi adds -m savi_cli itself)
+    launcher = " ".join(accelerate_command(2)[:-2])  # accelerate launch ... (savi adds -m savi_cli itself)
     launched = savi(*args, "--run", twin.name, "--launch", launcher)
     assert alone.returncode == 0, alone.stderr
     assert launched.returncode == 0, launched.stderr[-3000:]
@@ -360,7 +351,7 @@ def test_a_killed_dpo_launch_resumes_from_its_checkpoint_and_logs_every_step_onc
     args = ["dpo", "--round", "1", "--model", str(tiny_model()), "--no-4bit", "--max-steps", "6", "--batch-size", "2",
             "--grad-accum", "1", "--save-steps", "2", "--lora-dropout", "0", "--device", "cpu"]
     checkpoint = twin.round_dir(1) / ".checkpoints" / "checkpoint-4" / "trainer_state.json"
-    launch = subprocess.Popen([*launch_args(), *args, "--run", twin.name], stdout=subprocess.DEVNULL,
+    launch = subprocess.Popen([*accelerate_command(2), *args, "--run", twin.name], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 300
@@ -388,3 +379,12 @@ def test_a_killed_dpo_launch_resumes_from_its_checkpoint_and_logs_every_step_onc
     two = load_file(twin.round_dir(1) / "adapter" / "adapter_model.safetensors")
     for name in one:
         assert (one[name] - two[name]).abs().max() <= 1e-6 + 1e-4 * one[name].abs().max(), name
+
+
+@pytest.mark.parametrize("launcher", ["nosuchlauncher --num_processes 2", "accelerate launch 'unclosed"])
+def test_a_launcher_that_cannot_run_is_one_error_line_before_any_work(sampled_run, launcher):
+    done = savi("round", "1", "--run", sampled_run.name, "--launch", launcher)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: --launch {launcher!r}")
+    assert not sampled_run.round_dir(1).exists()

@@ -73,6 +73,22 @@ class Launch:
         return box[0]
 
 
+def accelerate_command(processes: int) -> list[str]:
+    """`accelerate launch` of `processes` savi processes on this machine, GPUs or not, on a free port: through
+    torchrun (`--multi_gpu`), since `--cpu` starts one process unless MPI is set up. What the tests, the benchmarks
+    and the proof launch with."""
+    import socket
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:  # a free port for the launch's rendezvous, so two launches never meet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
+            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port), "-m", "savi_cli"]
+
+
 @cache
 def current() -> Launch:
     """The launch this process belongs to, read from the environment torchrun (and so accelerate launch) sets."""
