@@ -42,8 +42,9 @@ step (its block inputs are kept for backward and the blocks recomputed, for no g
 every row is encoded on both passes. ``both`` runs each mode twice, with the tower in autograd ("before") and as
 ``build_trainer`` leaves it ("after"), so the table shows what keeping it out saves. ``all`` adds, between the two,
 the tower out of autograd with every row still encoded on both passes (``encode_once`` off: chosen and rejected,
-policy and reference, four encodings per pair), so the table also shows what encoding each video once
-(``stages.dpo.encode_videos_once``) saves, in time per step and in peak memory. Each result records whether the
+policy and reference, four encodings per pair, and each reply in a row of its own), so the table also shows what
+savi's step saves, in time per step and in peak memory: each video encoded once (``stages.dpo.encode_videos_once``)
+and each pair's prompt run once for both replies (``stages.dpo.share_prompts``). Each result records whether the
 vision tower's output required grad in the step, and how many 4-bit layers sit under the vision tower (none, when
 the skip list works).
 
@@ -545,7 +546,8 @@ def report(results: list[dict[str, Any]], setup: Setup, target_gb: float) -> tup
             summary[f"{mode}_encode_once"] = {"speedup": each["s_per_step"] / after["s_per_step"],
                                               "saved_gib": saved}
             speedup = each["s_per_step"] / after["s_per_step"]
-            lines.append(f"- Encoding each video once: {speedup:.2f}x faster per step; "
+            lines.append(f"- savi's step (each video encoded once, each pair's prompt shared by its replies): "
+                         f"{speedup:.2f}x faster per step; "
                          + ", ".join(f"{names[k]} {v:.2f} GiB less" for k, v in saved.items())
                          + f" ({after['label']}, against {each['label']}).")
     if ("qlora", "savi") in ok and ("bf16-lora", "savi") in ok:

@@ -14,6 +14,12 @@ The setup:
   once per distinct video of the batch, without gradients, and hands the features to every row and pass through
   the model's own entry point for precomputed encoder outputs (`mm_encoder_outputs`). `--tune full` trains the
   projector, whose policy and reference copies differ, so it keeps the stock path.
+- Each pair's prompt runs once (prefix sharing, `share_prompts`): trl's step gives the chosen and the rejected
+  reply a row each, both holding the whole prompt with its thousands of video tokens. savi runs one sequence per
+  pair, [prompt | chosen | the prompt's last token again | rejected], with a mask that hides the chosen reply from
+  the rejected one and the positions each token has in its own row, so each reply scores as in its own row, to
+  float tolerance, at about half the language model's work. It needs the features of the one encoding, and an
+  attention that takes a mask (sdpa or eager, not flash attention); `--no-shared-prompts` turns it off.
 
 One adapter per run, continued round after round. Round 1 trains a new LoRA adapter against the base model
 (adapters disabled). Round r > 1 loads round r-1's adapter as the trainable one, and trl keeps a frozen copy of
@@ -49,6 +55,8 @@ This module imports trl and transformers at the top: it is the training script, 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import shutil
@@ -258,6 +266,7 @@ def build_trainer(run: Run, samples: dict[str, Sample], pairs: list[Pair], cfg: 
     trainer = VideoDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                               peft_config=peft_config, data_collator=collator, callbacks=callbacks,
                               clip_gamma=cfg.clip_gamma if with_gap else 0.0, encode_once=cfg.tune == "lora",
+                              shared_prompts=cfg.shared_prompts,
                               levels=dict(zip(LEVELS, cfg.levels)))
     trainer.remove_callback(PrinterCallback)  # it prints metric dicts to stdout, which carries only the path
     if cfg.tune == "full":
@@ -445,16 +454,160 @@ def viewed(features: Any, groups: int, view: tuple | None) -> Any:
     return torch.cat([blocks.reshape(per * groups, -1), rest])
 
 
+# The per-token fields of trl's fused head's output (`FusedCausalLMOutput`).
+PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
+
+
+def share_prompts(model: Any) -> None:
+    """Lets the model's forward (trl's fused one, on the base model under peft) take a step's rows as one sequence
+    per pair, when its inputs say `shared_prompts=B`: rows [B chosen | B rejected | any other rows], each flushed
+    left as the collator makes them. Each pair runs as [prompt | chosen reply | the prompt's last token again |
+    rejected reply]: the prompt, video tokens and all, once instead of twice. A mask keeps the rejected reply from
+    seeing the chosen one (it sees the prompt, through the repeated last token where its first word is predicted),
+    and every token keeps the position it has in its own row, so each reply's log-probabilities are those of its
+    own row, to float tolerance. They come back in the rows' own layout, so trl's losses and savi's read them
+    unchanged."""
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def forward_sharing_prompts(*args, shared_prompts: int | None = None, **kwargs):
+        if not shared_prompts:
+            return forward(*args, **kwargs)
+        packed, unpack = pack_pairs(model, kwargs, shared_prompts)
+        outputs = forward(**packed)
+        for field in PER_TOKEN_FIELDS:  # trl's metrics read the others (entropy, ...) beside the log-probabilities
+            if getattr(outputs, field, None) is not None:
+                setattr(outputs, field, unpack(getattr(outputs, field)))
+        return outputs
+
+    model.forward = forward_sharing_prompts
+
+
+def pack_pairs(model: Any, inputs: dict[str, Any], pairs: int) -> tuple[dict[str, Any], Callable]:
+    """The inputs of `share_prompts`'s packed rows, and the function that puts the packed rows' per-token
+    log-probabilities back in the layout of the rows given (`(rows, width - 1)`, as trl's fused head returns)."""
+    import torch
+    from transformers.masking_utils import create_causal_mask
+
+    if "mm_encoder_outputs" not in inputs and "pixel_values_videos" in inputs:
+        raise ValueError("sharing the prompt needs each video encoded once (its features, not its pixels)")
+    ids, labels, real = inputs["input_ids"], inputs["labels"], inputs["attention_mask"].bool()
+    rows = ids.shape[0]
+    positions = row_positions(model, inputs)  # (sections, rows, width): each token's position in its own row
+    lengths, prompt = real.sum(1).tolist(), (labels != -100).int().argmax(1).tolist()
+    # Each packed row, as (row, column) of the tokens it takes, with each token's segment: 0 prompt, 1 the chosen
+    # reply (or another row's reply), 2 the rejected reply and the prompt's last token repeated before it.
+    sources, segments, hidden = [], [], []
+    for i in range(pairs):
+        j, p = pairs + i, prompt[i]
+        if prompt[j] != p or not torch.equal(ids[i, :p], ids[j, :p]):
+            raise ValueError(f"pair {i}'s chosen and rejected rows do not share their prompt")
+        sources.append([(i, c) for c in range(lengths[i])] + [(i, p - 1)] + [(j, c) for c in range(p, lengths[j])])
+        segments.append([0] * p + [1] * (lengths[i] - p) + [2] * (1 + lengths[j] - p))
+        hidden.append(p - 1)  # the rejected reply sees the repeated token, not the prompt's own last one
+    for r in range(2 * pairs, rows):
+        sources.append([(r, c) for c in range(lengths[r])])
+        segments.append([0] * prompt[r] + [1] * (lengths[r] - prompt[r]))
+        hidden.append(-1)
+    width = max(len(s) for s in sources)
+    valid = torch.tensor([[True] * len(s) + [False] * (width - len(s)) for s in sources], device=ids.device)
+    src_row = torch.tensor([[r for r, _ in s] + [0] * (width - len(s)) for s in sources], device=ids.device)
+    src_col = torch.tensor([[c for _, c in s] + [0] * (width - len(s)) for s in sources], device=ids.device)
+    segment = torch.tensor([s + [3] * (width - len(s)) for s in segments], device=ids.device)
+    hidden = torch.tensor(hidden, device=ids.device)
+    repeated = torch.zeros_like(valid)  # the repeated prompt token: an input, never a label
+    for k in range(pairs):
+        repeated[k, lengths[k]] = True
+
+    def sees(batch_idx, head_idx, q_idx, kv_idx):
+        query, key = segment[batch_idx, q_idx], segment[batch_idx, kv_idx]
+        return ((key == 0) | (key == query)) & ((query != 2) | (kv_idx != hidden[batch_idx]))
+
+    packed = {k: v for k, v in inputs.items() if k not in ("input_ids", "labels", "attention_mask", "position_ids")}
+    keep = list(range(pairs)) + list(range(2 * pairs, rows))  # the rows whose video the packed rows show
+    for key in ("video_grid_thw", "second_per_grid_ts"):
+        if packed.get(key) is not None:
+            packed[key] = packed[key][keep]
+    if packed.get("mm_token_type_ids") is not None:
+        packed["mm_token_type_ids"] = packed["mm_token_type_ids"][src_row, src_col].masked_fill(~valid, 0)
+    if "mm_encoder_outputs" in packed:
+        packed["mm_encoder_outputs"] = {kind: kept_rows(encoded, keep)
+                                        for kind, encoded in packed["mm_encoder_outputs"].items()}
+    packed_labels = labels[src_row, src_col].masked_fill(~valid | repeated, -100)
+    text_config = model.config.get_text_config()
+    mask = create_causal_mask(config=text_config, attention_mask=valid.long(), past_key_values=None,
+                              inputs_embeds=torch.empty(*valid.shape, 0, device=ids.device,
+                                                        dtype=model.get_input_embeddings().weight.dtype),
+                              and_mask_function=sees)
+    if mask is None:
+        raise ValueError(f"sharing the prompt needs an attention that takes a mask (sdpa or eager), "
+                         f"not {text_config._attn_implementation}")
+    packed_positions = positions[:, src_row, src_col].masked_fill(~valid, 0)
+    packed.update(input_ids=ids[src_row, src_col].masked_fill(~valid, 0), attention_mask=mask, labels=packed_labels,
+                  position_ids=packed_positions if positions.shape[0] > 1 else packed_positions[0])
+
+    # The packed label at (q, u + 1) is the token at (src_row, src_col) of a row: its log-probability, at (q, u)
+    # in the packed output, goes to (src_row, src_col - 1) in the rows' own.
+    scored = (packed_labels[:, 1:] != -100).nonzero(as_tuple=True)
+    to_row, to_col = src_row[:, 1:][scored], src_col[:, 1:][scored] - 1
+
+    def unpack(log_probs):
+        out = log_probs.new_zeros(rows, ids.shape[1] - 1)
+        return out.index_put((to_row, to_col), log_probs[scored])
+
+    return packed, unpack
+
+
+def row_positions(model: Any, inputs: dict[str, Any]) -> Any:
+    """Each token's rotary position in its own row, as the model would compute it: (3, rows, width) for the
+    Qwen-VL families' 3-D positions, (1, rows, width) for a plain count from the row's first token."""
+    import torch
+
+    core = model.model
+    if hasattr(core, "compute_3d_position_ids"):
+        given = {"input_ids": inputs["input_ids"], "image_grid_thw": inputs.get("image_grid_thw"),
+                 "video_grid_thw": inputs.get("video_grid_thw"), "inputs_embeds": None,
+                 "attention_mask": inputs["attention_mask"], "past_key_values": None,
+                 "second_per_grid_ts": inputs.get("second_per_grid_ts"),
+                 "mm_token_type_ids": inputs.get("mm_token_type_ids")}
+        accepted = inspect.signature(core.compute_3d_position_ids).parameters
+        positions = core.compute_3d_position_ids(**{k: v for k, v in given.items() if k in accepted})
+        if positions is not None:
+            return positions
+    ids = inputs["input_ids"]
+    return torch.arange(ids.shape[1], device=ids.device).expand(1, *ids.shape)
+
+
+def kept_rows(encoded: Any, keep: list[int]) -> Any:
+    """`encode_videos_once`'s per-row features for the rows in `keep` only (a copy: both passes pack the same)."""
+    def select(rows):
+        return tuple(rows[k] for k in keep) if isinstance(rows, tuple) else rows[keep]
+
+    changes = {"pooler_output": select(encoded.pooler_output)}
+    if getattr(encoded, "deepstack_features", None) is not None:  # Qwen3-VL's features of earlier layers
+        changes["deepstack_features"] = [select(layer) for layer in encoded.deepstack_features]
+    return replace(encoded, **changes)
+
+
 class VideoDPOTrainer(DPOTrainer):
     """trl's DPOTrainer, plus the clip-weighted loss and each video encoded once per step (`encode_videos_once`,
     where the vision tower is frozen for policy and reference alike). With clip_gamma = 0 and encode_once off it
     is the stock trainer."""
 
-    def __init__(self, *args, clip_gamma: float = 0.0, encode_once: bool = True,
+    def __init__(self, *args, clip_gamma: float = 0.0, encode_once: bool = True, shared_prompts: bool = True,
                  levels: dict[str, float] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.clip_gamma, self.encode_once = clip_gamma, encode_once
         self.levels = levels or {"instance": 1.0}
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        attention = base.config.get_text_config()._attn_implementation
+        # The packed rows need a mask of their own, which flash attention cannot take; the features of one encoding
+        # are what the packed rows are given.
+        self.shared_prompts = shared_prompts and encode_once and attention in ("sdpa", "eager")
+        if shared_prompts and not self.shared_prompts:
+            log.info("each reply gets a row of its own: sharing the prompt needs --tune lora and sdpa or eager "
+                        "attention (this model has %s)", attention)
+        share_prompts(base)
 
     def _compute_loss(self, model, inputs, return_outputs):
         gap = inputs.pop("clip_gap", None)
@@ -462,6 +615,9 @@ class VideoDPOTrainer(DPOTrainer):
         row_views = inputs.pop("row_views", None)
         if self.encode_once and video_rows is not None and "pixel_values_videos" in inputs:
             inputs = encode_videos_once(self.accelerator.unwrap_model(self.model), inputs, video_rows, row_views)
+            if self.shared_prompts:
+                # rows [chosen | rejected | a group per level]: the chosen and rejected rows have no view
+                inputs["shared_prompts"] = (len(video_rows) if row_views is None else row_views.count(None)) // 2
         if row_views is not None:
             if not self.encode_once:  # the levels' views exist only as features of the one encoding
                 raise ValueError("VistaDPO's levels need each video encoded once (--tune lora)")

@@ -504,44 +504,60 @@ def test_dpo_scores_each_reply_as_the_model_writes_it_after_the_prompt_it_was_sa
     trainer.train()
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava_onevision"])
-def test_encoding_each_video_once_gives_the_stock_steps_loss_and_gradients(family, sampled_run, tiny_model):
+@pytest.mark.parametrize("family,attention", [("qwen2_5_vl", "sdpa"), ("qwen2_vl", "sdpa"), ("qwen3_vl", "sdpa"),
+                                              ("llava_onevision", "sdpa"), ("qwen2_5_vl", "eager")])
+def test_encoding_each_video_once_and_sharing_each_prompt_give_the_stock_steps_loss_and_gradients(
+        family, attention, sampled_run, tiny_model):
     write_pairs(sampled_run, 1)  # 4 pairs over the 3 videos: pairs 0 and 3 share one
     samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
     trainer = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
                                 train_cfg(max_steps=1), ModelConfig(id=str(tiny_model(family))), None,
                                 sampled_run.path / "ckpt", None)
+    # The attention's kind decides the mask's form: sdpa takes booleans, eager adds a float mask.
+    trainer.model.get_base_model().set_attn_implementation(attention)
     batch = trainer._prepare_inputs(trainer.data_collator([dict(r) for r in trainer.train_dataset]))
     core = trainer.model.get_base_model().model
     encoded = []  # how many videos each pass of the vision tower encoded
-    real = core.get_video_features
+    widths = []  # the rows and tokens of each pass of the language model
+    real, real_language_model = core.get_video_features, core.language_model.forward
 
     def counted(pixels, *args, **kwargs):
         grid = args[0] if args else kwargs.get("video_grid_thw")
         encoded.append(len(grid) if grid is not None else len(pixels))
         return real(pixels, *args, **kwargs)
 
-    core.get_video_features = counted
+    def measured(*args, **kwargs):
+        widths.append(tuple(kwargs["inputs_embeds"].shape[:2]))
+        return real_language_model(*args, **kwargs)
 
-    def step(encode_once):
-        trainer.encode_once = encode_once
+    core.get_video_features, core.language_model.forward = counted, measured
+
+    def step(encode_once, shared_prompts=False):
+        trainer.encode_once, trainer.shared_prompts = encode_once, shared_prompts
         trainer.model.zero_grad()
-        encoded.clear()
+        encoded.clear(), widths.clear()
         loss = trainer._compute_loss(trainer.model, dict(batch), return_outputs=False)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-        return loss.detach(), grads, list(encoded)
+        return loss.detach(), grads, list(encoded), list(widths)
 
-    stock_loss, stock_grads, stock_passes = step(False)
-    once_loss, once_grads, once_passes = step(True)
+    stock_loss, stock_grads, stock_passes, stock_widths = step(False)
+    once_loss, once_grads, once_passes, _ = step(True)
+    shared_loss, shared_grads, shared_passes, shared_widths = step(True, shared_prompts=True)
     assert stock_passes == [8, 8]  # the policy pass and the reference pass, each over all 8 rows
-    assert once_passes == [3]  # one pass over the 3 distinct videos
-    torch.testing.assert_close(once_loss, stock_loss, rtol=1e-5, atol=1e-6)
-    assert stock_grads and once_grads.keys() == stock_grads.keys()
+    assert once_passes == shared_passes == [3]  # one pass over the 3 distinct videos
+    # Shared: one row per pair, which holds the prompt once and both replies (and one repeated token).
+    prompt = int((batch["completion_mask"][0] == 0).logical_and(batch["attention_mask"][0] == 1).sum())
+    stock_rows, stock_width = stock_widths[0]
+    assert shared_widths[0][0] == stock_rows // 2
+    assert shared_widths[0][1] < stock_width + prompt
+    assert stock_grads and once_grads.keys() == stock_grads.keys() == shared_grads.keys()
     assert all("lora_" in name for name in stock_grads)
     assert any(g.abs().sum() > 0 for g in stock_grads.values())
-    for name, grad in stock_grads.items():
-        torch.testing.assert_close(once_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    for loss, grads in ((once_loss, once_grads), (shared_loss, shared_grads)):
+        torch.testing.assert_close(loss, stock_loss, rtol=1e-5, atol=1e-6)
+        for name, grad in stock_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_a_full_tune_keeps_the_stock_step_whose_projector_differs_from_the_references(sampled_run, tiny_model):
