@@ -123,17 +123,25 @@ def one_seed(folder: Path, seed: int, args: argparse.Namespace) -> dict:
     env = dict(os.environ, SAVI_HOME=str(folder / "runs"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     world, model, clip = folder / "world", folder / "model", folder / "clip"
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {}  # per part; parts in lanes overlap, so they add up to more than the wall time
+    start = time.perf_counter()
 
     with timed(seconds, "world"):
         savi(env, "world", world, "--seed", seed)
-    # The world model and the CLIP learn from different splits, so they train side by side, one core each.
+    # The world model and the CLIP learn from different splits, so they train side by side, one core each; the
+    # pool's clips and questions, which need neither, follow the CLIP, which finishes long before the model.
     clip_world = ["--world", world] if any(name.startswith("clip") for name in args.selectors) else []
+
+    def clip_then_pool() -> None:
+        # oracle and random ignore CLIP's scores: `savi filter` only needs a CLIP to run, and an untrained one will do
+        timed_savi(seconds, "clip", env, "tiny-clip", clip, *clip_world, "--seed", seed)
+        with timed(seconds, "pool"):
+            pool_questions(env, folder, world)
+
     in_lanes(args.jobs, [
         lambda: timed_savi(seconds, "model", env, "tiny-model", model, "--world", world, "--seed", seed,
                            *(["--eval-every", args.model_eval_every] if args.model_eval_every else [])),
-        # oracle and random ignore CLIP's scores: `savi filter` only needs a CLIP to run, and an untrained one will do
-        lambda: timed_savi(seconds, "clip", env, "tiny-clip", clip, *clip_world, "--seed", seed),
+        clip_then_pool,
     ])
     base_training = json.loads((model / "world_training.json").read_text())
     if not base_training["reached_target"]:
@@ -141,7 +149,7 @@ def one_seed(folder: Path, seed: int, args: argparse.Namespace) -> dict:
                  f"(val {base_training['val_accuracy']}, by kind {base_training['val_by_kind']}): no proof on it")
 
     with timed(seconds, "answers"):
-        pool = pool_run(env, folder, world, model, args.jobs)
+        pool = pool_answers(env, model, args.jobs)
     with timed(seconds, "base eval"):
         savi(env, "eval", "world", "--data", world, "--run", "pool", "--round", "0", "--frames", FRAMES,
              "--protocol", "likelihood")
@@ -158,19 +166,21 @@ def one_seed(folder: Path, seed: int, args: argparse.Namespace) -> dict:
     in_lanes(args.jobs, [lambda name=name: selector(name) for name in args.selectors])
     rows = {name: rows[name] for name in args.selectors}
     return {"seed": seed, "base": summary(base), "base_training": base_training, "selectors": rows,
-            "seconds": seconds}
+            "seconds": seconds, "wall_seconds": round(time.perf_counter() - start, 1)}
 
 
-def pool_run(env: dict, folder: Path, world: Path, model: Path, jobs: int) -> list[dict]:
-    """Sample the pool clips into run `pool`, take their questions (with the truth) as round 1's, and let the base
-    model answer each twice at temperature 1, in `jobs` processes under accelerate launch (the answers of one
-    process, row for row: docs/SCALING.md). Returns the candidate pairs: the questions whose two answers differ,
-    each with which answers are right."""
+def pool_questions(env: dict, folder: Path, world: Path) -> None:
+    """Sample the pool clips into run `pool` and take their questions (with the truth) as round 1's."""
     listing = folder / "pool.txt"
     listing.write_text("".join(f"{path}\n" for path in sorted((world / "videos").glob("pool-*.mp4"))))
     savi(env, "sample", listing, "--run", "pool", "--frames", FRAMES, "--max-side", 56)
-
     savi(env, "ask", "--run", "pool", "--round", 1, "--from", "world", "--data", world, "--split", "pool")
+
+
+def pool_answers(env: dict, model: Path, jobs: int) -> list[dict]:
+    """Let the base model answer each pool question twice at temperature 1, in `jobs` processes under accelerate
+    launch (the answers of one process, row for row: docs/SCALING.md). Returns the candidate pairs: the questions
+    whose two answers differ, each with which answers are right."""
     launched(env, jobs, "answer", "--run", "pool", "--round", "1", "--model", model, "--candidates", 2,
          "--temperatures", "1.0,1.0", "--max-new-tokens", 24)
     run = open_run("pool", env["SAVI_HOME"])
@@ -283,7 +293,7 @@ def _p(p: float) -> str:
 
 
 def write_markdown(path: Path, results: list[dict], text: str, argv: list[str]) -> None:
-    minutes = [sum(r["seconds"].values()) / 60 for r in results]
+    minutes = [r["wall_seconds"] / 60 for r in results]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     block = (f"\n## One round in the world: {len(results)} seed{'s' if len(results) > 1 else ''} "
              f"({stamp}, {cpu_model() or platform.machine()})\n\n"

@@ -18,8 +18,8 @@ The setup:
   reply a row each, both holding the whole prompt with its thousands of video tokens. savi runs one sequence per
   pair, [prompt | chosen | the prompt's last token again | rejected], with a mask that hides the chosen reply from
   the rejected one and the positions each token has in its own row, so each reply scores as in its own row, to
-  float tolerance, at about half the language model's work. It needs the features of the one encoding, and an
-  attention that takes a mask (sdpa or eager, not flash attention); `--no-shared-prompts` turns it off.
+  float tolerance, at about half the language model's work (and, under `--tune full`, half the encodings). It
+  needs an attention that takes a mask (sdpa or eager, not flash attention); `--no-shared-prompts` turns it off.
 
 One adapter per run, continued round after round. Round 1 trains a new LoRA adapter against the base model
 (adapters disabled). Round r > 1 loads round r-1's adapter as the trainable one, and trl keeps a frozen copy of
@@ -489,8 +489,6 @@ def pack_pairs(model: Any, inputs: dict[str, Any], pairs: int) -> tuple[dict[str
     import torch
     from transformers.masking_utils import create_causal_mask
 
-    if "mm_encoder_outputs" not in inputs and "pixel_values_videos" in inputs:
-        raise ValueError("sharing the prompt needs each video encoded once (its features, not its pixels)")
     ids, labels, real = inputs["input_ids"], inputs["labels"], inputs["attention_mask"].bool()
     rows = ids.shape[0]
     positions = row_positions(model, inputs)  # (sections, rows, width): each token's position in its own row
@@ -533,6 +531,13 @@ def pack_pairs(model: Any, inputs: dict[str, Any], pairs: int) -> tuple[dict[str
     if "mm_encoder_outputs" in packed:
         packed["mm_encoder_outputs"] = {kind: kept_rows(encoded, keep)
                                         for kind, encoded in packed["mm_encoder_outputs"].items()}
+    elif packed.get("pixel_values_videos") is not None:  # the stock path (--tune full): the kept rows' pixels
+        pixels, grid = packed["pixel_values_videos"], inputs.get("video_grid_thw")
+        if grid is None:  # LLaVA-OneVision: a block of frames per row
+            packed["pixel_values_videos"] = pixels[keep]
+        else:  # Qwen: each row's t * h * w patches in turn
+            blocks = pixels.split(grid.prod(-1).tolist())
+            packed["pixel_values_videos"] = torch.cat([blocks[k] for k in keep])
     packed_labels = labels[src_row, src_col].masked_fill(~valid | repeated, -100)
     text_config = model.config.get_text_config()
     mask = create_causal_mask(config=text_config, attention_mask=valid.long(), past_key_values=None,
@@ -601,12 +606,11 @@ class VideoDPOTrainer(DPOTrainer):
         self.levels = levels or {"instance": 1.0}
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         attention = base.config.get_text_config()._attn_implementation
-        # The packed rows need a mask of their own, which flash attention cannot take; the features of one encoding
-        # are what the packed rows are given.
-        self.shared_prompts = shared_prompts and encode_once and attention in ("sdpa", "eager")
+        # The packed rows need a mask of their own, which flash attention cannot take.
+        self.shared_prompts = shared_prompts and attention in ("sdpa", "eager")
         if shared_prompts and not self.shared_prompts:
-            log.info("each reply gets a row of its own: sharing the prompt needs --tune lora and sdpa or eager "
-                        "attention (this model has %s)", attention)
+            log.info("each reply gets a row of its own: sharing the prompt needs sdpa or eager attention (this model "
+                     "has %s)", attention)
         share_prompts(base)
 
     def _compute_loss(self, model, inputs, return_outputs):
@@ -615,9 +619,9 @@ class VideoDPOTrainer(DPOTrainer):
         row_views = inputs.pop("row_views", None)
         if self.encode_once and video_rows is not None and "pixel_values_videos" in inputs:
             inputs = encode_videos_once(self.accelerator.unwrap_model(self.model), inputs, video_rows, row_views)
-            if self.shared_prompts:
-                # rows [chosen | rejected | a group per level]: the chosen and rejected rows have no view
-                inputs["shared_prompts"] = (len(video_rows) if row_views is None else row_views.count(None)) // 2
+        if self.shared_prompts and video_rows is not None:
+            # rows [chosen | rejected | a group per level]: the chosen and rejected rows have no view
+            inputs["shared_prompts"] = (len(video_rows) if row_views is None else row_views.count(None)) // 2
         if row_views is not None:
             if not self.encode_once:  # the levels' views exist only as features of the one encoding
                 raise ValueError("VistaDPO's levels need each video encoded once (--tune lora)")

@@ -560,13 +560,45 @@ def test_encoding_each_video_once_and_sharing_each_prompt_give_the_stock_steps_l
             torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
 
 
-def test_a_full_tune_keeps_the_stock_step_whose_projector_differs_from_the_references(sampled_run, tiny_model):
-    write_pairs(sampled_run, 1, n=2)
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_a_full_tune_keeps_the_stock_step_whose_projector_differs_from_the_references_and_shares_its_prompts(
+        family, sampled_run, tiny_model):
+    write_pairs(sampled_run, 1)  # 4 pairs over the 3 videos
     samples = {s.video_id: s for s in sampled_run.artifact("samples").read()}
     full = dpo.build_trainer(sampled_run, samples, sampled_run.artifact("pairs", 1).read(),
-                             train_cfg(max_steps=1, tune="full"), ModelConfig(id=str(tiny_model())), None,
+                             train_cfg(max_steps=1, tune="full"), ModelConfig(id=str(tiny_model(family))), None,
                              sampled_run.path / "ckpt", None)
-    assert not full.encode_once
+    assert not full.encode_once and full.shared_prompts
+    batch = full._prepare_inputs(full.data_collator([dict(r) for r in full.train_dataset]))
+    core = full.model.get_base_model().model
+    encoded, real = [], core.get_video_features
+
+    def counted(pixels, *args, **kwargs):
+        grid = args[0] if args else kwargs.get("video_grid_thw")
+        encoded.append(len(grid) if grid is not None else len(pixels))
+        return real(pixels, *args, **kwargs)
+
+    core.get_video_features = counted
+
+    def step(shared_prompts):
+        full.shared_prompts = shared_prompts
+        full.model.zero_grad()
+        encoded.clear()
+        loss = full._compute_loss(full.model, dict(batch), return_outputs=False)
+        loss.backward()
+        # The host LoRA of the embeddings is frozen (`freeze_the_host_lora`) and never in the optimizer; trl's
+        # reference pass marks it trainable again, so its gradient exists from the second step on, unused.
+        grads = {n: p.grad.clone() for n, p in full.model.named_parameters()
+                 if p.grad is not None and "lora_embedding_" not in n}
+        return loss.detach(), grads, list(encoded)
+
+    rows_loss, rows_grads, rows_passes = step(False)
+    shared_loss, shared_grads, shared_passes = step(True)
+    assert rows_passes == [8, 8] and shared_passes == [4, 4]  # each pass encodes a pair's video once, not twice
+    torch.testing.assert_close(shared_loss, rows_loss, rtol=1e-5, atol=1e-6)
+    assert rows_grads.keys() == shared_grads.keys() and any(g.abs().sum() > 0 for g in rows_grads.values())
+    for name, grad in rows_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 # ---------------------------------------------------------------------------------------------------------------

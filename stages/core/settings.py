@@ -216,8 +216,8 @@ class TrainConfig:
     gradient_checkpointing: bool = setting(True, "Recompute activations in backward instead of keeping them.")
     shared_prompts: bool = setting(True, "Run each pair as one sequence: its prompt, video tokens and all, once, then "
                                          "the chosen and the rejected reply, each masked from the other (prefix "
-                                         "sharing). The same loss from fewer tokens. Needs --tune lora and sdpa or "
-                                         "eager attention; otherwise each reply has a row of its own.")
+                                         "sharing). The same loss from fewer tokens. Needs sdpa or eager attention; "
+                                         "with flash attention each reply has a row of its own.")
     four_bit: bool = setting(True, "QLoRA on a 4-bit NF4 base; --no-4bit trains plain LoRA on a bf16/fp32 base.",
                              flag="--4bit/--no-4bit")
     levels: tuple[float, ...] = setting((1.0, 0.0, 0.0), "VistaDPO's levels, the weight of each term: instance (the "
