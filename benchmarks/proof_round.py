@@ -150,21 +150,24 @@ def one_seed(folder: Path, seed: int, args: argparse.Namespace) -> dict:
 
     with timed(seconds, "answers"):
         pool = pool_answers(env, model, args.jobs)
-    with timed(seconds, "base eval"):
-        savi(env, "eval", "world", "--data", world, "--run", "pool", "--round", "0", "--frames", FRAMES,
-             "--protocol", "likelihood")
-    base = eval_results(env, "pool", 0)
+    runs = Path(env["SAVI_HOME"])
+    for name in args.selectors:  # each selector trains and evaluates in a run of its own, a copy of the pool's
+        shutil.copytree(runs / "pool", runs / name, ignore=shutil.ignore_patterns(".lock", "eval", ".logs"))
+
+    def base_eval() -> None:
+        timed_savi(seconds, "base eval", env, "eval", "world", "--data", world, "--run", "pool", "--round", "0",
+                   "--frames", FRAMES, "--protocol", "likelihood")
 
     rows: dict[str, dict] = {}
 
     def selector(name: str) -> None:
         with timed(seconds, name):
-            row = one_selector(env, folder, pool, name, clip, seed, args)
-            rows[name] = {**row, **compare(base, eval_results(env, name, 1))}
+            rows[name] = one_selector(env, folder, pool, name, clip, seed, args)
 
-    # Each selector trains and evaluates in a run of its own, so `--jobs` of them run at once.
-    in_lanes(args.jobs, [lambda name=name: selector(name) for name in args.selectors])
-    rows = {name: rows[name] for name in args.selectors}
+    # The base's eval and the selectors are independent: `--jobs` of them run at once.
+    in_lanes(args.jobs, [base_eval, *[lambda name=name: selector(name) for name in args.selectors]])
+    base = eval_results(env, "pool", 0)
+    rows = {name: {**rows[name], **compare(base, eval_results(env, name, 1))} for name in args.selectors}
     return {"seed": seed, "base": summary(base), "base_training": base_training, "selectors": rows,
             "seconds": seconds, "wall_seconds": round(time.perf_counter() - start, 1)}
 
@@ -200,10 +203,9 @@ def pool_answers(env: dict, model: Path, jobs: int) -> list[dict]:
 
 def one_selector(env: dict, folder: Path, pool: list[dict], name: str, clip: Path, seed: int,
                  args: argparse.Namespace) -> dict:
-    """Copy the pool run into run `name`, write its candidates as the selector picks them, filter, train, evaluate."""
-    runs = Path(env["SAVI_HOME"])
-    shutil.copytree(runs / "pool", runs / name, ignore=shutil.ignore_patterns(".lock", "eval", ".logs"))
-    run = open_run(name, runs)
+    """In run `name` (a copy of the pool run), write the candidates as the selector picks them, filter, train,
+    evaluate."""
+    run = open_run(name, env["SAVI_HOME"])
     coin = random.Random(f"{seed}:{name}")
     writer = ArtifactWriter(run.artifact("candidates", 1), params={"selector": name, "seed": seed}, inputs={})
     for c in pool:

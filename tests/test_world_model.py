@@ -80,6 +80,28 @@ def test_the_same_seed_builds_identical_weights_and_records_and_another_seed_dif
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("cfg,course", [
+    # Direction reaches the ceiling at step 2 and rests: steps 3 and 4 train on colour alone.
+    (WorldModelConfig(max_steps=6, eval_every=2, batch_size=4, target=1.0, kind_ceiling=0.3), "a kind rests"),
+    # The first evaluation reaches the target: the model is the one of step 2.
+    (WorldModelConfig(max_steps=6, eval_every=2, batch_size=4, target=0.0, kind_target=0.0), "it stops")],
+    ids=["a-kind-rests", "it-stops"])
+def test_evaluating_beside_the_training_gives_the_weights_and_record_of_evaluating_in_line(cfg, course, world,
+                                                                                         tmp_path):
+    # Beside the training, each evaluation's result is read 2 steps on (the lag, at most eval_every), so both
+    # courses go back: the steps trained on the guess that nothing changes are trained again, or undone.
+    inline = build_world_model(tmp_path / "inline", world, cfg, evaluate_aside=False)
+    aside = build_world_model(tmp_path / "aside", world, cfg, evaluate_aside=True)
+    rec = record(inline)
+    if course == "a kind rests":
+        assert rec["history"][0]["resting"] == ["direction"] and rec["steps"] == 6
+    else:
+        assert rec["steps"] == 2 and rec["reached_target"] is True
+    assert weights_hash(aside) == weights_hash(inline)
+    assert without_seconds(record(aside)) == without_seconds(rec)
+
+
+@pytest.mark.slow
 def test_the_record_holds_the_world_the_settings_the_steps_and_the_history(built, world):
     rec = record(built)
     world_json = json.loads((world / "world.json").read_text())

@@ -23,6 +23,10 @@ Example: savi world worlds/w0 && savi tiny-model models/w0 --world worlds/w0
   every kind reaches the ceiling (it comes back if it falls below). Trained on throughout, colour reached 0.97-0.98
   on seeds 1 and 2 before direction left chance, and a round then had only direction to teach, and colour to lose.
   The record's history says which kinds rested after each evaluation.
+- Each evaluation runs in a forked copy of the process while training goes on, where a second core exists; when an
+  evaluation changes the course (the target reached, a kind resting), training goes back to the state it evaluated.
+  The weights and the record are those of evaluating in line (a test builds both), and the 20 evaluations of seed 0
+  leave the training's core.
 - At `max_steps` below the target it still saves the model, with a warning, and its record says
   `reached_target: false`: a model that learned less than asked can still serve (a test, a look at the curve), and
   whoever needs the target, as the proof does, reads the record and refuses it.
@@ -61,11 +65,12 @@ VISION_INIT = "fan_in"
 
 
 def build_world_model(out_dir: str | Path, world_dir: str | Path, cfg: WorldModelConfig | None = None, *,
-                      progress: Progress | None = None) -> Path:
+                      progress: Progress | None = None, evaluate_aside: bool | None = None) -> Path:
     """Build a tiny model of `cfg.family` trained on the world in `world_dir`, save it to `out_dir`, and return it.
 
     `out_dir` may be new, empty, or an earlier model savi wrote (replaced whole); `progress(total)` may return a
-    callback called once per training step. Example: build_world_model("models/w0", "worlds/w0")
+    callback called once per training step; `evaluate_aside` (default: where a fork and a second core exist) runs
+    each evaluation beside the training, for the same result. Example: build_world_model("models/w0", "worlds/w0")
     """
     import torch
 
@@ -80,7 +85,7 @@ def build_world_model(out_dir: str | Path, world_dir: str | Path, cfg: WorldMode
     try:
         # absolute(): "." has no name to put a temporary sibling beside.
         with atomic_dir(out.absolute()) as tmp:
-            record = _build(tmp, world_dir, world, cfg, ticker(progress, cfg.max_steps))
+            record = _build(tmp, world_dir, world, cfg, ticker(progress, cfg.max_steps), evaluate_aside)
             record["seconds"] = round(time.perf_counter() - started, 1)
             write_json(tmp / TRAINING_FILE, record)
     finally:
@@ -121,8 +126,8 @@ def world_corpus(world_dir: Path) -> list[str]:
     return sorted(turns) + sorted(replies)  # sorted: a set's order changes from one process to the next
 
 
-def _build(folder: Path, world_dir: Path, world: dict[str, Any], cfg: WorldModelConfig,
-           tick: Any) -> dict[str, Any]:
+def _build(folder: Path, world_dir: Path, world: dict[str, Any], cfg: WorldModelConfig, tick: Any,
+           aside: bool | None) -> dict[str, Any]:
     """Build the model in `folder`, train it, save its weights there, and return the training record."""
     from stages.core.model import load_model
     from stages.core.settings import ModelConfig
@@ -134,7 +139,8 @@ def _build(folder: Path, world_dir: Path, world: dict[str, Any], cfg: WorldModel
     train = _Split(world_dir, "train", world["frames"])
     val = _Split(world_dir, "val", world["frames"])
 
-    history, step, right = _train(model, processor, train, val, cfg, tick)
+    history, step, right = _train(model, processor, train, val, cfg, tick,
+                                  evaluates_aside() if aside is None else aside)
     _save_weights(model, folder)
     return {
         "world": {key: world[key] for key in ("fingerprint", "seed", "sizes", "version")},
@@ -165,10 +171,16 @@ class _Split:
         return self.videos[item.video_name]
 
 
-def _train(model: Any, processor: Any, train: _Split, val: _Split, cfg: WorldModelConfig,
-           tick: Any) -> tuple[list[dict[str, Any]], int, int]:
+def _train(model: Any, processor: Any, train: _Split, val: _Split, cfg: WorldModelConfig, tick: Any,
+           aside: bool) -> tuple[list[dict[str, Any]], int, list[bool]]:
     """Train until an evaluation reaches the target or the steps run out; the history, the last step, and the
-    val questions answered right there."""
+    val questions answered right there.
+
+    With `aside`, each evaluation runs in a forked copy of the process while training goes on for `EVALUATION_LAG`
+    steps, on the guess that the evaluation changes nothing. Where it does change something (the target is reached,
+    or a kind starts or stops resting), training goes back to the state the evaluation saw (weights, optimizer,
+    seeded order) and on from there. The weights and the record are those of evaluating in line, step for step;
+    they come sooner where a second core is free."""
     import torch
 
     from stages.core.model import chat, reply_batch
@@ -177,11 +189,39 @@ def _train(model: Any, processor: Any, train: _Split, val: _Split, cfg: WorldMod
     resting: set[str] = set()
     order = _example_order(_training_examples(train, resting), cfg.batch_size, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    lag = min(EVALUATION_LAG, cfg.eval_every) if aside else 0
     history: list[dict[str, Any]] = []
-    losses: list[float] = []
-    right: list[bool] = []
+    losses: dict[int, float] = {}
+    step = evaluated = trained = 0  # the step trained last, the last one evaluated (or being), the furthest trained
+    pending: _Evaluation | None = None
     model.train()
-    for step in range(1, cfg.max_steps + 1):
+    while True:
+        if pending is not None and step >= min(pending.step + lag, cfg.max_steps):
+            right, at = pending.result(), pending.step
+            since = history[-1]["step"] if history else 0
+            # Rounded as `savi eval` rounds its accuracy, so the two read alike.
+            evaluation = {"step": at, "val_accuracy": _accuracy(right),
+                          "val_by_kind": {kind: _accuracy([r for r, item in zip(right, val.items)
+                                                           if item.category == kind])
+                                          for kind in sorted({item.category for item in val.items})},
+                          "train_loss": round(sum(losses[k] for k in range(since + 1, at + 1)) / (at - since), 4)}
+            now_resting = _resting_kinds(evaluation, cfg)
+            history.append({**evaluation, "resting": sorted(now_resting)})
+            done = _reached(evaluation, cfg) or at == cfg.max_steps
+            if done or now_resting != resting:  # the guess was wrong: back to the evaluated state
+                pending.restore(model, optimizer, generator)
+                step, losses = at, {k: v for k, v in losses.items() if k <= at}
+            pending = None
+            if done:
+                break
+            if now_resting != resting:
+                resting = now_resting
+                order = _example_order(_training_examples(train, resting), cfg.batch_size, generator)
+            continue
+        if step > evaluated and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            pending, evaluated = _Evaluation(model, processor, val, step, optimizer, generator, aside), step
+            continue
+        step += 1
         items = [train.items[i] for i in next(order)]
         batch = reply_batch(processor, [train.video(i) for i in items], [chat(i.prompt) for i in items],
                             [i.replies[i.answer] for i in items])
@@ -189,26 +229,77 @@ def _train(model: Any, processor: Any, train: _Split, val: _Split, cfg: WorldMod
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-        tick()
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            right = _val_right(model, processor, val)
-            kinds = sorted({item.category for item in val.items})
-            # Rounded as `savi eval` rounds its accuracy, so the two read alike.
-            evaluation = {"step": step, "val_accuracy": _accuracy(right),
-                          "val_by_kind": {kind: _accuracy([r for r, item in zip(right, val.items)
-                                                           if item.category == kind]) for kind in kinds},
-                          "train_loss": round(sum(losses) / len(losses), 4)}
-            now_resting = _resting_kinds(evaluation, cfg)
-            history.append({**evaluation, "resting": sorted(now_resting)})
-            losses = []
-            if _reached(evaluation, cfg):
-                break
-            if now_resting != resting:
-                resting = now_resting
-                order = _example_order(_training_examples(train, resting), cfg.batch_size, generator)
+        losses[step] = loss.item()
+        if step > trained:  # a step trained again after going back ticks once
+            trained = step
+            tick()
     model.eval()
     return history, step, right
+
+
+# Steps trained beside an evaluation before its result is read: about as long as the evaluation takes on the
+# default world. Short, because every step past an evaluation that changes the course is trained again.
+EVALUATION_LAG = 10
+
+
+class _Evaluation:
+    """The val split scored at `step`, in a forked copy of the process (`aside`) or here; with the training state
+    it saw, to go back to."""
+
+    def __init__(self, model: Any, processor: Any, val: _Split, step: int, optimizer: Any, generator: Any,
+                 aside: bool):
+        import copy
+
+        import torch
+
+        self.step = step
+        self.weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        self.optimizer = copy.deepcopy(optimizer.state_dict())
+        self.generator, self.rng = generator.get_state(), torch.get_rng_state()
+        self.right: list[bool] | None = None
+        if not aside:
+            self.right = _val_right(model, processor, val)
+            return
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self.receive, send = context.Pipe(duplex=False)
+        self.process = context.Process(target=_send_val_right, args=(send, model, processor, val), daemon=True)
+        self.process.start()
+        send.close()  # the child holds the only sending end: its death reads as the end of the pipe
+
+    def result(self) -> list[bool]:
+        if self.right is None:
+            try:
+                self.right = self.receive.recv()
+            except EOFError:
+                self.process.join()
+                raise SaviError(f"the evaluation at step {self.step} stopped with exit code "
+                                f"{self.process.exitcode}") from None
+            self.process.join()
+        return self.right
+
+    def restore(self, model: Any, optimizer: Any, generator: Any) -> None:
+        import copy
+
+        import torch
+
+        model.load_state_dict(self.weights)
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
+        generator.set_state(self.generator)
+        torch.set_rng_state(self.rng)
+
+
+def _send_val_right(send: Any, model: Any, processor: Any, val: _Split) -> None:
+    send.send(_val_right(model, processor, val))
+
+
+def evaluates_aside() -> bool:
+    """Whether evaluations can run beside the training: a fork, and a second core to run it on."""
+    import multiprocessing
+    import os
+
+    return "fork" in multiprocessing.get_all_start_methods() and (os.cpu_count() or 1) > 1
 
 
 def _accuracy(right: list[bool]) -> float:
