@@ -1,7 +1,7 @@
 # make demo   run savi offline on generated videos with a tiny model (sets itself up)
 # make test   run the test suite (sets itself up)
 # make venv   create .venv with pip if it is missing (or if pyproject.toml changed)
-# make proof   one round in a world whose truth is known, judged four ways, over 3 seeds (about 55 min on 2 quiet cores);
+# make proof   one round in a world whose truth is known, judged four ways, over 3 seeds (about 46 min on 2 quiet cores);
 #              writes the table to docs/FIDELITY.md
 # make bench-ceilings   the machine-dependent ceilings that are not tests: CLIP's offline failure time, and the
 #                       peak memory of sampling a huge video (each script exits 1 above its ceiling)

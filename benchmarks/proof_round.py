@@ -1,7 +1,7 @@
 """Proof that a round helps: one round of savi in a world whose truth is known, judged four ways.
 
-Run from the repository root (CPU only, nothing downloaded; about 18 minutes a seed on a quiet 2-core machine,
-12 with the oracle and random selectors alone; see docs/FIDELITY.md):
+Run from the repository root (CPU only, nothing downloaded; 13 to 16 minutes a seed on a quiet 2-core machine, seed
+0 in 14; see docs/FIDELITY.md):
 
     make proof                                    # 3 seeds; writes the table to docs/FIDELITY.md
     .venv/bin/python benchmarks/proof_round.py --seeds 0          # one seed, table on stdout only
@@ -21,7 +21,8 @@ What it does, per seed
 3. **A CLIP that knows it** (`savi tiny-clip --world`): a tiny CLIP trained on the judge split, on single frames
    and on 2x2 time-ordered grids.
 4. **The round's answers**: the pool clips are sampled (`savi sample`), their questions taken as the round's, with
-   their known answers (`savi ask --from world`), and the base model answers each twice at temperature 1
+   their known answers (`savi ask --from world`), both beside the world model's training, and the base model
+   answers each twice at temperature 1
    (`savi answer --candidates 2`, under `accelerate launch` on `--jobs` processes: the same answers, sooner).
    Every question whose two answers differ is a candidate pair.
 5. **Four selectors** turn the candidates into pairs, each in its own run (a copy of the pool run), all through

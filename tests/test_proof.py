@@ -6,7 +6,7 @@ selectors over three seeds; docs/FIDELITY.md has their table): the world, the wo
 the pool questions, `savi dpo` on each selector's pairs and `savi eval world` on the 600 test questions, every one a
 savi command as a user runs it. About 12 minutes on two quiet cores, the longest test of the suite.
 
-On the three seeds of docs/FIDELITY.md the truth's pairs gained 9.7 to 23.8 points (p < 0.001) and the coins' lost
+On the three seeds of docs/FIDELITY.md the truth's pairs gained 8.8 to 22.3 points (p < 0.0001) and the coins' lost
 5.3 to 8.8, so the gate's thresholds (+5 points at p < 0.01; below the base) leave room on each.
 """
 
