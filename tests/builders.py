@@ -77,3 +77,18 @@ four_bit = false
 [eval]
 frames = 4
 """
+
+
+def count_video_encodings(trainer):
+    """The list to which each pass of the trainer's vision tower appends how many videos it encoded (its
+    `get_video_features` wrapped to count them)."""
+    core = trainer.model.get_base_model().model
+    encoded, real = [], core.get_video_features
+
+    def counted(pixels, *args, **kwargs):
+        grid = args[0] if args else kwargs.get("video_grid_thw")
+        encoded.append(len(grid) if grid is not None else len(pixels))  # LLaVA-OneVision: a row per video
+        return real(pixels, *args, **kwargs)
+
+    core.get_video_features = counted
+    return encoded

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from builders import write_pairs
+from builders import count_video_encodings, write_pairs
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -516,21 +516,16 @@ def test_encoding_each_video_once_and_sharing_each_prompt_give_the_stock_steps_l
     # The attention's kind decides the mask's form: sdpa takes booleans, eager adds a float mask.
     trainer.model.get_base_model().set_attn_implementation(attention)
     batch = trainer._prepare_inputs(trainer.data_collator([dict(r) for r in trainer.train_dataset]))
-    core = trainer.model.get_base_model().model
-    encoded = []  # how many videos each pass of the vision tower encoded
+    encoded = count_video_encodings(trainer)  # how many videos each pass of the vision tower encoded
     widths = []  # the rows and tokens of each pass of the language model
-    real, real_language_model = core.get_video_features, core.language_model.forward
-
-    def counted(pixels, *args, **kwargs):
-        grid = args[0] if args else kwargs.get("video_grid_thw")
-        encoded.append(len(grid) if grid is not None else len(pixels))
-        return real(pixels, *args, **kwargs)
+    core = trainer.model.get_base_model().model
+    real_language_model = core.language_model.forward
 
     def measured(*args, **kwargs):
         widths.append(tuple(kwargs["inputs_embeds"].shape[:2]))
         return real_language_model(*args, **kwargs)
 
-    core.get_video_features, core.language_model.forward = counted, measured
+    core.language_model.forward = measured
 
     def step(encode_once, shared_prompts=False):
         trainer.encode_once, trainer.shared_prompts = encode_once, shared_prompts
@@ -570,15 +565,7 @@ def test_a_full_tune_keeps_the_stock_step_whose_projector_differs_from_the_refer
                              sampled_run.path / "ckpt", None)
     assert not full.encode_once and full.shared_prompts
     batch = full._prepare_inputs(full.data_collator([dict(r) for r in full.train_dataset]))
-    core = full.model.get_base_model().model
-    encoded, real = [], core.get_video_features
-
-    def counted(pixels, *args, **kwargs):
-        grid = args[0] if args else kwargs.get("video_grid_thw")
-        encoded.append(len(grid) if grid is not None else len(pixels))
-        return real(pixels, *args, **kwargs)
-
-    core.get_video_features = counted
+    encoded = count_video_encodings(full)
 
     def step(shared_prompts):
         full.shared_prompts = shared_prompts

@@ -6,7 +6,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import write_pairs
+from builders import count_video_encodings, write_pairs
 from trl.trainer.utils import use_adapter
 from typer.testing import CliRunner
 
@@ -145,15 +145,7 @@ def test_every_level_alone_gives_the_lora_weights_a_gradient(levels, sampled_run
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "llava_onevision"])
 def test_all_three_levels_encode_each_video_once_per_step(family, sampled_run, tiny_model):
     trainer, batch = hierarchical_trainer(sampled_run, tiny_model, (1.0, 0.5, 0.5), family)
-    core = trainer.model.get_base_model().model
-    encoded, real = [], core.get_video_features
-
-    def counted(pixels, *args, **kwargs):
-        grid = args[0] if args else kwargs.get("video_grid_thw")
-        encoded.append(len(grid) if grid is not None else len(pixels))
-        return real(pixels, *args, **kwargs)
-
-    core.get_video_features = counted
+    encoded = count_video_encodings(trainer)
     loss, grads = lora_step(trainer, batch)
     assert encoded == [3]  # 16 rows, 3 distinct videos, one pass for the policy and the reference alike
     assert torch.isfinite(loss) and grads
