@@ -487,7 +487,7 @@ def pack_pairs(model: Any, inputs: dict[str, Any], pairs: int) -> tuple[dict[str
     """The inputs of `share_prompts`'s packed rows, and the function that puts the packed rows' per-token
     log-probabilities back in the layout of the rows given (`(rows, width - 1)`, as trl's fused head returns)."""
     import torch
-    from transformers.masking_utils import create_causal_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, and_masks, causal_mask_function
 
     ids, labels, real = inputs["input_ids"], inputs["labels"], inputs["attention_mask"].bool()
     rows = ids.shape[0]
@@ -539,14 +539,16 @@ def pack_pairs(model: Any, inputs: dict[str, Any], pairs: int) -> tuple[dict[str
             blocks = pixels.split(grid.prod(-1).tolist())
             packed["pixel_values_videos"] = torch.cat([blocks[k] for k in keep])
     packed_labels = labels[src_row, src_col].masked_fill(~valid | repeated, -100)
-    text_config = model.config.get_text_config()
-    mask = create_causal_mask(config=text_config, attention_mask=valid.long(), past_key_values=None,
-                              inputs_embeds=torch.empty(*valid.shape, 0, device=ids.device,
-                                                        dtype=model.get_input_embeddings().weight.dtype),
-                              and_mask_function=sees)
-    if mask is None:
-        raise ValueError(f"sharing the prompt needs an attention that takes a mask (sdpa or eager), "
-                         f"not {text_config._attn_implementation}")
+    attention = model.config.get_text_config()._attn_implementation
+    if attention not in ("sdpa", "eager"):
+        raise ValueError(f"sharing the prompt needs an attention that takes a mask (sdpa or eager), not {attention}")
+    # The mask of transformers' own interface (booleans for sdpa, a float mask for eager), called directly:
+    # create_causal_mask vmaps any extra rule, which at these sizes took longer than the attention it masks, while
+    # `sees` only indexes tensors, so it broadcasts over the four index grids as the causal rule does.
+    mask = ALL_MASK_ATTENTION_FUNCTIONS[attention](
+        batch_size=valid.shape[0], q_length=width, kv_length=width, mask_function=and_masks(causal_mask_function, sees),
+        attention_mask=valid, allow_is_causal_skip=False, use_vmap=False,
+        dtype=model.get_input_embeddings().weight.dtype, device=ids.device)
     packed_positions = positions[:, src_row, src_col].masked_fill(~valid, 0)
     packed.update(input_ids=ids[src_row, src_col].masked_fill(~valid, 0), attention_mask=mask, labels=packed_labels,
                   position_ids=packed_positions if positions.shape[0] > 1 else packed_positions[0])

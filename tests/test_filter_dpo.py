@@ -551,8 +551,7 @@ def test_encoding_each_video_once_and_sharing_each_prompt_give_the_stock_steps_l
     assert any(g.abs().sum() > 0 for g in stock_grads.values())
     for loss, grads in ((once_loss, once_grads), (shared_loss, shared_grads)):
         torch.testing.assert_close(loss, stock_loss, rtol=1e-5, atol=1e-6)
-        for name, grad in stock_grads.items():
-            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+        assert_same_gradients(grads, stock_grads)
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
@@ -584,8 +583,16 @@ def test_a_full_tune_keeps_the_stock_step_whose_projector_differs_from_the_refer
     assert rows_passes == [8, 8] and shared_passes == [4, 4]  # each pass encodes a pair's video once, not twice
     torch.testing.assert_close(shared_loss, rows_loss, rtol=1e-5, atol=1e-6)
     assert rows_grads.keys() == shared_grads.keys() and any(g.abs().sum() > 0 for g in rows_grads.values())
-    for name, grad in rows_grads.items():
-        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_gradients(shared_grads, rows_grads)
+
+
+def assert_same_gradients(got, expected):
+    """Each gradient equal to float32 rounding: within 1e-5 of its tensor's largest entry (the same sums in
+    another order and shape differ by a few 1e-7 of it, and by more on some CPUs' kernels than on others), and
+    1e-4 of itself."""
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-5 * float(grad.abs().max()) + 1e-12,
+                                   msg=lambda detail, name=name: f"{name}: {detail}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

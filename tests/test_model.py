@@ -284,3 +284,32 @@ def test_score_replies_sums_each_whole_reply_as_the_model_writes_it_whatever_the
                 logits = policy.model(**batch).logits[0, :-1].float()
             taken = torch.log_softmax(logits, dim=-1).gather(-1, ids[1:, None])[:, 0]
             assert score == pytest.approx(taken[mask[1:]].sum().item(), abs=2e-3)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava_onevision"])
+def test_reply_batch_processes_a_repeated_prompt_and_video_once_for_the_same_tensors(family, tiny_model,
+                                                                                      sampled_run, monkeypatch):
+    """A pair's rows and a question's options repeat one prompt and video; the processor sees each once, and the
+    batch is the one of processing every row."""
+    import copy
+
+    from stages.core import model as runtime
+    from stages.core.model import chat, reply_batch
+
+    processor = Policy.load(ModelConfig(id=str(tiny_model(family)), device="cpu")).processor
+    first, second = videos_of(sampled_run)[:2]
+    long, short = chat("Which way does the square move, and how fast?"), chat("What colour?")
+    rows = [(first, long, "Left."), (second, short, "Red, mostly."), (first, long, "Right, to the edge."),
+            (first, short, "Blue."), (second, short, "Green.")]
+    processed = []
+    real_inputs = runtime.processor_inputs
+    monkeypatch.setattr(runtime, "processor_inputs",
+                        lambda p, videos, texts: processed.append(len(videos)) or real_inputs(p, videos, texts))
+
+    shared = reply_batch(processor, *zip(*rows))
+    # Copies of the videos are other videos to it: every row is processed.
+    every = reply_batch(processor, [copy.copy(video) for video, _, _ in rows], *list(zip(*rows))[1:])
+    assert processed == [3, 5]
+    assert shared.keys() == every.keys() and "pixel_values_videos" in shared
+    for key in shared:
+        assert torch.equal(shared[key], every[key]), key

@@ -549,7 +549,18 @@ def reply_batch(processor: Any, videos: Sequence[Video], prompts: Sequence[list[
 
     rendered = [processor.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     completions = [completion_text(processor, p, r) for p, r in zip(prompts, replies)]
-    processed = processor_inputs(processor, videos, rendered)
+    # Rows often repeat a prompt with its video (a pair's chosen and rejected rows, a question's options): the
+    # processor, whose video preprocessing is most of a batch's cost, sees each once, and its rows are repeated.
+    distinct: dict[tuple[int, str], int] = {}
+    rows, firsts = [], []  # each row's distinct prompt, and the first row of each
+    for row, key in enumerate(zip(map(id, videos), rendered)):
+        if key not in distinct:
+            distinct[key] = len(firsts)
+            firsts.append(row)
+        rows.append(distinct[key])
+    processed = processor_inputs(processor, [videos[r] for r in firsts], [rendered[r] for r in firsts])
+    if len(firsts) < len(rows):
+        processed = repeated_rows(processed, rows)
     tokenizer = processor.tokenizer
     tokens = tokenizer(completions, padding=True, padding_side="right", add_special_tokens=False,
                        return_tensors="pt")
@@ -572,6 +583,24 @@ def reply_batch(processor: Any, videos: Sequence[Video], prompts: Sequence[list[
         attention_mask, input_ids, completion_mask = flush_left(attention_mask, input_ids, completion_mask)
     batch.update(input_ids=input_ids, attention_mask=attention_mask, completion_mask=completion_mask)
     return batch
+
+
+def repeated_rows(processed: Any, rows: list[int]) -> dict[str, Any]:
+    """The processor's outputs for rows `rows` of the rows it processed (each may come several times). Every output
+    has a row per video along its first dimension, but Qwen's pixels, which are each video's t * h * w patches in
+    turn (`video_grid_thw`)."""
+    import torch
+
+    out = {}
+    for key, value in processed.items():
+        if key == "pixel_values_videos" and processed.get("video_grid_thw") is not None:
+            blocks = value.split(processed["video_grid_thw"].prod(-1).tolist())
+            out[key] = torch.cat([blocks[r] for r in rows])
+        elif isinstance(value, torch.Tensor):
+            out[key] = value[rows]
+        else:
+            out[key] = [value[r] for r in rows]
+    return out
 
 
 def completion_text(processor: Any, prompt: list[dict[str, Any]], reply: str) -> str:
