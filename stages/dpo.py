@@ -56,7 +56,6 @@ This module imports trl and transformers at the top: it is the training script, 
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import logging
 import shutil
@@ -84,6 +83,7 @@ from stages.core.model import (
     resolve_device,
     resolve_dtype,
 )
+from stages.core.packing import pack_replies, takes_a_mask
 from stages.core.records import Pair, Sample, TrainStep
 from stages.core.settings import (
     LEVELS,
@@ -473,7 +473,9 @@ def share_prompts(model: Any) -> None:
     def forward_sharing_prompts(*args, shared_prompts: int | None = None, **kwargs):
         if not shared_prompts:
             return forward(*args, **kwargs)
-        packed, unpack = pack_pairs(model, kwargs, shared_prompts)
+        pairs, rows = shared_prompts, len(kwargs["input_ids"])  # [B chosen | B rejected | the levels' rows, alone]
+        groups = [[i, pairs + i] for i in range(pairs)] + [[r] for r in range(2 * pairs, rows)]
+        packed, unpack = pack_replies(model, kwargs, groups)
         outputs = forward(**packed)
         for field in PER_TOKEN_FIELDS:  # trl's metrics read the others (entropy, ...) beside the log-probabilities
             if getattr(outputs, field, None) is not None:
@@ -481,119 +483,6 @@ def share_prompts(model: Any) -> None:
         return outputs
 
     model.forward = forward_sharing_prompts
-
-
-def pack_pairs(model: Any, inputs: dict[str, Any], pairs: int) -> tuple[dict[str, Any], Callable]:
-    """The inputs of `share_prompts`'s packed rows, and the function that puts the packed rows' per-token
-    log-probabilities back in the layout of the rows given (`(rows, width - 1)`, as trl's fused head returns)."""
-    import torch
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, and_masks, causal_mask_function
-
-    ids, labels, real = inputs["input_ids"], inputs["labels"], inputs["attention_mask"].bool()
-    rows = ids.shape[0]
-    positions = row_positions(model, inputs)  # (sections, rows, width): each token's position in its own row
-    lengths, prompt = real.sum(1).tolist(), (labels != -100).int().argmax(1).tolist()
-    # Each packed row, as (row, column) of the tokens it takes, with each token's segment: 0 prompt, 1 the chosen
-    # reply (or another row's reply), 2 the rejected reply and the prompt's last token repeated before it.
-    sources, segments, hidden = [], [], []
-    for i in range(pairs):
-        j, p = pairs + i, prompt[i]
-        if prompt[j] != p or not torch.equal(ids[i, :p], ids[j, :p]):
-            raise ValueError(f"pair {i}'s chosen and rejected rows do not share their prompt")
-        sources.append([(i, c) for c in range(lengths[i])] + [(i, p - 1)] + [(j, c) for c in range(p, lengths[j])])
-        segments.append([0] * p + [1] * (lengths[i] - p) + [2] * (1 + lengths[j] - p))
-        hidden.append(p - 1)  # the rejected reply sees the repeated token, not the prompt's own last one
-    for r in range(2 * pairs, rows):
-        sources.append([(r, c) for c in range(lengths[r])])
-        segments.append([0] * prompt[r] + [1] * (lengths[r] - prompt[r]))
-        hidden.append(-1)
-    width = max(len(s) for s in sources)
-    valid = torch.tensor([[True] * len(s) + [False] * (width - len(s)) for s in sources], device=ids.device)
-    src_row = torch.tensor([[r for r, _ in s] + [0] * (width - len(s)) for s in sources], device=ids.device)
-    src_col = torch.tensor([[c for _, c in s] + [0] * (width - len(s)) for s in sources], device=ids.device)
-    segment = torch.tensor([s + [3] * (width - len(s)) for s in segments], device=ids.device)
-    hidden = torch.tensor(hidden, device=ids.device)
-    repeated = torch.zeros_like(valid)  # the repeated prompt token: an input, never a label
-    for k in range(pairs):
-        repeated[k, lengths[k]] = True
-
-    def sees(batch_idx, head_idx, q_idx, kv_idx):
-        query, key = segment[batch_idx, q_idx], segment[batch_idx, kv_idx]
-        return ((key == 0) | (key == query)) & ((query != 2) | (kv_idx != hidden[batch_idx]))
-
-    packed = {k: v for k, v in inputs.items() if k not in ("input_ids", "labels", "attention_mask", "position_ids")}
-    keep = list(range(pairs)) + list(range(2 * pairs, rows))  # the rows whose video the packed rows show
-    for key in ("video_grid_thw", "second_per_grid_ts"):
-        if packed.get(key) is not None:
-            packed[key] = packed[key][keep]
-    if packed.get("mm_token_type_ids") is not None:
-        packed["mm_token_type_ids"] = packed["mm_token_type_ids"][src_row, src_col].masked_fill(~valid, 0)
-    if "mm_encoder_outputs" in packed:
-        packed["mm_encoder_outputs"] = {kind: kept_rows(encoded, keep)
-                                        for kind, encoded in packed["mm_encoder_outputs"].items()}
-    elif packed.get("pixel_values_videos") is not None:  # the stock path (--tune full): the kept rows' pixels
-        pixels, grid = packed["pixel_values_videos"], inputs.get("video_grid_thw")
-        if grid is None:  # LLaVA-OneVision: a block of frames per row
-            packed["pixel_values_videos"] = pixels[keep]
-        else:  # Qwen: each row's t * h * w patches in turn
-            blocks = pixels.split(grid.prod(-1).tolist())
-            packed["pixel_values_videos"] = torch.cat([blocks[k] for k in keep])
-    packed_labels = labels[src_row, src_col].masked_fill(~valid | repeated, -100)
-    attention = model.config.get_text_config()._attn_implementation
-    if attention not in ("sdpa", "eager"):
-        raise ValueError(f"sharing the prompt needs an attention that takes a mask (sdpa or eager), not {attention}")
-    # The mask of transformers' own interface (booleans for sdpa, a float mask for eager), called directly:
-    # create_causal_mask vmaps any extra rule, which at these sizes took longer than the attention it masks, while
-    # `sees` only indexes tensors, so it broadcasts over the four index grids as the causal rule does.
-    mask = ALL_MASK_ATTENTION_FUNCTIONS[attention](
-        batch_size=valid.shape[0], q_length=width, kv_length=width, mask_function=and_masks(causal_mask_function, sees),
-        attention_mask=valid, allow_is_causal_skip=False, use_vmap=False,
-        dtype=model.get_input_embeddings().weight.dtype, device=ids.device)
-    packed_positions = positions[:, src_row, src_col].masked_fill(~valid, 0)
-    packed.update(input_ids=ids[src_row, src_col].masked_fill(~valid, 0), attention_mask=mask, labels=packed_labels,
-                  position_ids=packed_positions if positions.shape[0] > 1 else packed_positions[0])
-
-    # The packed label at (q, u + 1) is the token at (src_row, src_col) of a row: its log-probability, at (q, u)
-    # in the packed output, goes to (src_row, src_col - 1) in the rows' own.
-    scored = (packed_labels[:, 1:] != -100).nonzero(as_tuple=True)
-    to_row, to_col = src_row[:, 1:][scored], src_col[:, 1:][scored] - 1
-
-    def unpack(log_probs):
-        out = log_probs.new_zeros(rows, ids.shape[1] - 1)
-        return out.index_put((to_row, to_col), log_probs[scored])
-
-    return packed, unpack
-
-
-def row_positions(model: Any, inputs: dict[str, Any]) -> Any:
-    """Each token's rotary position in its own row, as the model would compute it: (3, rows, width) for the
-    Qwen-VL families' 3-D positions, (1, rows, width) for a plain count from the row's first token."""
-    import torch
-
-    core = model.model
-    if hasattr(core, "compute_3d_position_ids"):
-        given = {"input_ids": inputs["input_ids"], "image_grid_thw": inputs.get("image_grid_thw"),
-                 "video_grid_thw": inputs.get("video_grid_thw"), "inputs_embeds": None,
-                 "attention_mask": inputs["attention_mask"], "past_key_values": None,
-                 "second_per_grid_ts": inputs.get("second_per_grid_ts"),
-                 "mm_token_type_ids": inputs.get("mm_token_type_ids")}
-        accepted = inspect.signature(core.compute_3d_position_ids).parameters
-        positions = core.compute_3d_position_ids(**{k: v for k, v in given.items() if k in accepted})
-        if positions is not None:
-            return positions
-    ids = inputs["input_ids"]
-    return torch.arange(ids.shape[1], device=ids.device).expand(1, *ids.shape)
-
-
-def kept_rows(encoded: Any, keep: list[int]) -> Any:
-    """`encode_videos_once`'s per-row features for the rows in `keep` only (a copy: both passes pack the same)."""
-    def select(rows):
-        return tuple(rows[k] for k in keep) if isinstance(rows, tuple) else rows[keep]
-
-    changes = {"pooler_output": select(encoded.pooler_output)}
-    if getattr(encoded, "deepstack_features", None) is not None:  # Qwen3-VL's features of earlier layers
-        changes["deepstack_features"] = [select(layer) for layer in encoded.deepstack_features]
-    return replace(encoded, **changes)
 
 
 class VideoDPOTrainer(DPOTrainer):
@@ -607,12 +496,11 @@ class VideoDPOTrainer(DPOTrainer):
         self.clip_gamma, self.encode_once = clip_gamma, encode_once
         self.levels = levels or {"instance": 1.0}
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        attention = base.config.get_text_config()._attn_implementation
         # The packed rows need a mask of their own, which flash attention cannot take.
-        self.shared_prompts = shared_prompts and attention in ("sdpa", "eager")
+        self.shared_prompts = shared_prompts and takes_a_mask(base)
         if shared_prompts and not self.shared_prompts:
             log.info("each reply gets a row of its own: sharing the prompt needs sdpa or eager attention (this model "
-                     "has %s)", attention)
+                     "has %s)", base.config.get_text_config()._attn_implementation)
         share_prompts(base)
 
     def _compute_loss(self, model, inputs, return_outputs):

@@ -16,7 +16,8 @@ Two protocols:
 - likelihood: one forward pass per question scores each option's label ("A", "B", ... or yes/no) as the first
   token of the reply, and the best-scoring option is the prediction. It cannot fail to parse, and no published
   figure is measured this way: a fast diagnostic. Benchmarks whose options are whole replies (the world's) score
-  each reply whole instead, one pass per option.
+  each reply whole instead: still one row per question, its prompt and video once and every option after it
+  (`stages/core/packing.py`; a row per option under flash attention).
 
 `--keyframes K` answers each question from the K frames a localizer (`--localizer policy|clip`, as `savi
 keyframes` scores them) finds most relevant to it, in temporal order: SeViLA's localizer and answerer, without

@@ -259,16 +259,23 @@ def test_labels_that_share_a_first_token_are_refused(tiny_model, sampled_run):
         policy.score_labels(videos_of(sampled_run)[:1], PROMPTS[:1], [[("A",), ("A",)]])
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
-def test_score_replies_sums_each_whole_reply_as_the_model_writes_it_whatever_the_batch(family, tiny_model,
-                                                                                       sampled_run):
+@pytest.mark.parametrize("family,attention", [("qwen2_5_vl", "sdpa"), ("qwen2_vl", "sdpa"), ("qwen3_vl", "sdpa"),
+                                              ("llava_onevision", "sdpa"), ("qwen2_5_vl", "eager")])
+def test_score_replies_sums_each_whole_reply_as_the_model_writes_it_with_one_row_per_question(
+        family, attention, tiny_model, sampled_run):
     from stages.core.model import chat, completion_text, reply_batch
 
     policy = Policy.load(ModelConfig(id=str(tiny_model(family)), device="cpu", batch_size=2))
+    policy.model.set_attn_implementation(attention)  # sdpa takes the packed rows' mask as booleans, eager as floats
+    rows = []
+    language_model = policy.model.model.language_model
+    language_model.register_forward_pre_hook(lambda module, args, kwargs: rows.append(len(kwargs["inputs_embeds"])),
+                                             with_kwargs=True)
     first, second = videos_of(sampled_run)[:2]
     prompts = ["Which way does the square move?", "What colour is the shape?"]
     replies = [["It moves left.", "It moves right, to the edge."], ["Red.", "Blue, mostly.", "Green"]]
     scores = policy.score_replies([first, second], prompts, replies)
+    assert rows == [2]  # both questions in one batch, each in one row with all its options
 
     # Each reply alone, unpadded, through a plain forward pass over every position.
     for video, prompt, options, got in zip([first, second], prompts, replies, scores):
@@ -313,3 +320,26 @@ def test_reply_batch_processes_a_repeated_prompt_and_video_once_for_the_same_ten
     assert shared.keys() == every.keys() and "pixel_values_videos" in shared
     for key in shared:
         assert torch.equal(shared[key], every[key]), key
+
+
+def test_score_replies_gives_each_option_a_row_where_the_attention_takes_no_mask(tiny_model, sampled_run,
+                                                                               monkeypatch):
+    """The same scores either way, under an adapter too (peft wraps the model whose positions the rows keep)."""
+    from builders import save_random_adapter
+
+    from stages.core import model as runtime
+
+    save_random_adapter(sampled_run, 1, tiny_model)
+    policy = Policy.load(ModelConfig(id=str(tiny_model()), device="cpu", batch_size=2),
+                         sampled_run.round_dir(1) / "adapter")
+    rows = []
+    policy.model.get_base_model().model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(len(kwargs["inputs_embeds"])), with_kwargs=True)
+    videos, prompts = videos_of(sampled_run)[:2], ["Which way does it move?", "What colour is it?"]
+    replies = [["Left.", "Right, to the edge."], ["Red.", "Blue, mostly.", "Green"]]
+    packed = policy.score_replies(videos, prompts, replies)
+    monkeypatch.setattr(runtime, "takes_a_mask", lambda model: False)  # as under flash attention
+    alone = policy.score_replies(videos, prompts, replies)
+    assert rows == [2, 5]
+    for got, expected in zip(alone, packed):
+        assert got == pytest.approx(expected, abs=2e-3)

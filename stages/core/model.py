@@ -31,6 +31,7 @@ from stages.core import launch as launches
 from stages.core.config import remember_model
 from stages.core.errors import SaviError, first_line
 from stages.core.hub import hub_host, offline, offline_declared, reachable
+from stages.core.packing import pack_replies, takes_a_mask
 from stages.core.records import Sample
 from stages.core.settings import ModelConfig
 from stages.core.store import Run, file_sha256, fingerprint
@@ -223,7 +224,8 @@ class Policy:
                       replies: Sequence[Sequence[str]]) -> list[list[float]]:
         """For each (video, prompt), the log-probability of each whole reply in `replies[i]`, summed over its
         tokens (end of turn included): lmms-eval's log-likelihood scoring of multiple choice, for benchmarks whose
-        options are full answers. One forward pass per reply."""
+        options are full answers. Where the attention takes a mask, a question's options run in one row after its
+        prompt (`pack_replies`): the prompt and its video once, whatever the number of options."""
         return self._in_batches(self._score_replies_batch, videos, prompts, replies)
 
     def _in_batches(self, run_batch, videos, prompts, per_item) -> list[Any]:
@@ -297,22 +299,29 @@ class Policy:
 
         flat = [(video, prompt, reply) for video, prompt, options in zip(videos, prompts, replies)
                 for reply in options]
-        batch = reply_batch(self.processor, [f[0] for f in flat], [chat(f[1]) for f in flat], [f[2] for f in flat],
-                            flush=False)
+        batch = reply_batch(self.processor, [f[0] for f in flat], [chat(f[1]) for f in flat], [f[2] for f in flat])
         batch = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in batch.items()}
-        mask = batch.pop("completion_mask")
-        width = int(mask.any(dim=0).sum())  # the replies' columns, the last ones of every row
-        with torch.inference_mode():
-            # Only the logits that predict reply tokens: never the whole vocabulary at every video token.
-            logits = self.model(**batch, logits_to_keep=width + 1).logits[:, :-1, :].float()
-        targets = batch["input_ids"][:, -width:]
-        taken = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
-        totals = (taken * mask[:, -width:]).sum(dim=1).tolist()
-        scores, at = [], 0
+        batch["labels"] = batch["input_ids"].masked_fill(batch.pop("completion_mask") == 0, -100)
+        groups, at = [], 0  # a question's options share its prompt
         for options in replies:
-            scores.append(totals[at:at + len(options)])
+            groups.append(list(range(at, at + len(options))))
             at += len(options)
-        return scores
+        if takes_a_mask(self.model):  # one row per question: its prompt and video once, then every option
+            inputs, unpack = pack_replies(self.model, batch, groups)
+        else:
+            inputs, unpack = batch, lambda values: values
+        labels = inputs.pop("labels")
+        # Only the logits that predict reply tokens (the columns from the first one): never the whole vocabulary at
+        # every video token.
+        first = int((labels != -100).any(dim=0).int().argmax())
+        with torch.inference_mode():
+            logits = self.model(**inputs, use_cache=False, logits_to_keep=labels.shape[1] - first + 1).logits
+        targets = labels[:, first:]
+        taken = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        per_token = taken.new_zeros(labels.shape[0], labels.shape[1] - 1)
+        per_token[:, first - 1:] = taken.masked_fill(targets == -100, 0.0)
+        totals = unpack(per_token).sum(dim=1).tolist()
+        return [[totals[row] for row in group] for group in groups]
 
     def _label_tokens(self, options: Sequence[Sequence[str]]) -> tuple[str, list[set[int]]]:
         """The text every label begins with, and each option's first tokens after it."""
@@ -535,14 +544,13 @@ def processor_inputs(processor: Any, videos: Sequence[Video], texts: Sequence[st
 
 
 def reply_batch(processor: Any, videos: Sequence[Video], prompts: Sequence[list[dict[str, Any]]],
-                replies: Sequence[str], *, flush: bool = True) -> dict[str, Any]:
+                replies: Sequence[str]) -> dict[str, Any]:
     """Tensors that put each reply after its prompt, for scoring or training on the reply's tokens alone.
 
     It does for videos what trl's vision collator does for images. Each prompt (a chat with its video) is
     rendered with the generation prompt and processed, left-padded; each reply, as the model writes it (see
     `completion_text`), is tokenized alone, right-padded and appended. `completion_mask` marks the reply tokens.
-    With `flush`, every row is then moved to start at column 0, as trl's trainers expect; without, the replies
-    all start in the same column, so a scorer needs the logits of the last columns only.
+    Every row is then moved to start at column 0, as trl's trainers (and `pack_replies`) expect.
     """
     import torch
     from trl.trainer.utils import flush_left
@@ -575,11 +583,9 @@ def reply_batch(processor: Any, videos: Sequence[Video], prompts: Sequence[list[
     # silently), so it is padded and flushed with the rest.
     if "mm_token_type_ids" in processed:
         mm = torch.cat([processed["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
-        if flush:
-            attention_mask, input_ids, completion_mask, mm = flush_left(attention_mask, input_ids, completion_mask,
-                                                                        mm)
+        attention_mask, input_ids, completion_mask, mm = flush_left(attention_mask, input_ids, completion_mask, mm)
         batch["mm_token_type_ids"] = mm
-    elif flush:
+    else:
         attention_mask, input_ids, completion_mask = flush_left(attention_mask, input_ids, completion_mask)
     batch.update(input_ids=input_ids, attention_mask=attention_mask, completion_mask=completion_mask)
     return batch
