@@ -31,12 +31,13 @@ Example: savi world worlds/w0 && savi tiny-model models/w0 --world worlds/w0
   `reached_target: false`: a model that learned less than asked can still serve (a test, a look at the curve), and
   whoever needs the target, as the proof does, reads the record and refuses it.
 
-On the default world, seeds 0, 1 and 2 stop at steps 1,000, 600 and 1,150, with val accuracy 0.550, 0.640 and
-0.660, after 4-7 minutes on one core of a quiet machine (seed 0: 386 s).
+On the default world, seeds 0, 1 and 2 stop at steps 1,000, 600 and 1,150 on an Intel Xeon, and at 1,450, 550
+and 650 on an AMD EPYC (the same seed follows another course on another CPU, whose kernels sum in another order),
+after 3-8 minutes on one core of a quiet machine.
 It runs on the CPU in one thread, the caller's thread count restored afterwards: a model this small gains nothing
 from more, and on a busy 2-core machine two threads ran 30 times slower than one.
-The same world, seed and settings give the same weights and the same record (but its `seconds`). The folder is
-written beside itself and renamed into place:
+The same world, seed and settings give the same weights and the same record (but its `seconds`) on one machine.
+The folder is written beside itself and renamed into place:
 
     OUT/model.safetensors, config.json, ...   the model and processor, loadable as any checkpoint (`--model OUT`)
     OUT/world_training.json                   the world's fingerprint, the settings, the steps, the validation
