@@ -310,16 +310,16 @@ class Policy:
             inputs, unpack = pack_replies(self.model, batch, groups)
         else:
             inputs, unpack = batch, lambda values: values
-        labels = inputs.pop("labels")
-        # Only the logits that predict reply tokens (the columns from the first one): never the whole vocabulary at
-        # every video token.
-        first = int((labels != -100).any(dim=0).int().argmax())
+        labels = inputs.pop("labels")[:, 1:]
+        # Only the logits that predict reply tokens (the columns where some row has one): never the whole vocabulary
+        # at every video token, nor at the columns between one row's replies and another's.
+        columns = (labels != -100).any(dim=0).nonzero()[:, 0]
         with torch.inference_mode():
-            logits = self.model(**inputs, use_cache=False, logits_to_keep=labels.shape[1] - first + 1).logits
-        targets = labels[:, first:]
-        taken = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
-        per_token = taken.new_zeros(labels.shape[0], labels.shape[1] - 1)
-        per_token[:, first - 1:] = taken.masked_fill(targets == -100, 0.0)
+            logits = self.model(**inputs, use_cache=False, logits_to_keep=columns).logits
+        targets = labels[:, columns]
+        taken = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        per_token = taken.new_zeros(labels.shape)
+        per_token[:, columns] = taken.masked_fill(targets == -100, 0.0)
         totals = unpack(per_token).sum(dim=1).tolist()
         return [[totals[row] for row in group] for group in groups]
 
