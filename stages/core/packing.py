@@ -42,6 +42,9 @@ def pack_replies(model: Any, inputs: dict[str, Any], groups: Sequence[Sequence[i
 
     if hasattr(model, "get_base_model"):  # under peft: the model it wraps knows the positions (`row_positions`)
         model = model.get_base_model()
+    if not takes_a_mask(model):
+        raise ValueError("packing replies needs an attention that takes a mask (sdpa or eager), not "
+                         f"{model.config.get_text_config()._attn_implementation}")
     ids, labels, real = inputs["input_ids"], inputs["labels"], inputs["attention_mask"].bool()
     rows = ids.shape[0]
     positions = row_positions(model, inputs)  # (sections, rows, width): each token's position in its own row
@@ -94,8 +97,6 @@ def pack_replies(model: Any, inputs: dict[str, Any], groups: Sequence[Sequence[i
             packed["pixel_values_videos"] = torch.cat([blocks[k] for k in keep])
     packed_labels = labels[src_row, src_col].masked_fill(~valid | repeated, -100)
     attention = model.config.get_text_config()._attn_implementation
-    if not takes_a_mask(model):
-        raise ValueError(f"packing replies needs an attention that takes a mask (sdpa or eager), not {attention}")
     # The mask of transformers' own interface (booleans for sdpa, a float mask for eager), called directly:
     # create_causal_mask vmaps any extra rule, which at these sizes took longer than the attention it masks, while
     # `sees` only indexes tensors, so it broadcasts over the four index grids as the causal rule does.
