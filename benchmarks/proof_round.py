@@ -1,7 +1,7 @@
 """Proof that a round helps: one round of savi in a world whose truth is known, judged four ways.
 
-Run from the repository root (CPU only, nothing downloaded; 9 to 15 minutes a seed on a quiet 2-core machine,
-the world model's steps deciding most of it; see docs/FIDELITY.md):
+Run from the repository root (CPU only, nothing downloaded; 9 to 15 minutes a seed on a quiet 2-core machine with
+AVX-512, 25 to 29 on an AVX2-only one, the world model's steps deciding most of it; see docs/FIDELITY.md):
 
     make proof                                    # 3 seeds; writes the table to docs/FIDELITY.md
     .venv/bin/python benchmarks/proof_round.py --seeds 0          # one seed, table on stdout only

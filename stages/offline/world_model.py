@@ -31,9 +31,10 @@ Example: savi world worlds/w0 && savi tiny-model models/w0 --world worlds/w0
   `reached_target: false`: a model that learned less than asked can still serve (a test, a look at the curve), and
   whoever needs the target, as the proof does, reads the record and refuses it.
 
-On the default world, seeds 0, 1 and 2 stop at steps 1,000, 600 and 1,150 on an Intel Xeon, and at 1,450, 550
-and 650 on an AMD EPYC (the same seed follows another course on another CPU, whose kernels sum in another order),
-after 3-8 minutes on one core of a quiet machine.
+On the default world, seeds 0, 1 and 2 stop at steps 1,000, 600 and 1,150 on an Intel Xeon, at 1,450, 550 and 650
+on an AMD EPYC with AVX-512, and at 1,050, 600 and 1,050 on one with AVX2 only (the same seed follows another course
+on another CPU, whose kernels sum in another order), after 3-8 minutes on one core of a quiet AVX-512 machine and
+8-13 on the AVX2 one.
 It runs on the CPU in one thread, the caller's thread count restored afterwards: a model this small gains nothing
 from more, and on a busy 2-core machine two threads ran 30 times slower than one.
 The same world, seed and settings give the same weights and the same record (but its `seconds`) on one machine.
